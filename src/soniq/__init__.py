@@ -1,0 +1,55 @@
+"""Soniq: background jobs in PostgreSQL, with tracing, metrics and logs built in."""
+
+from .app import Soniq
+from .backoff import Backoff
+from .context import AttemptContext, JobContext, current_attempt
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    JobArgumentsError,
+    JobNotFound,
+    JobTimeout,
+    SchemaError,
+    SoniqError,
+    UnknownJobError,
+)
+from .middleware import (
+    CallNext,
+    EnqueueContext,
+    FunctionMiddleware,
+    Middleware,
+    MiddlewareChain,
+    PendingJob,
+)
+from .registry import JobRegistry, JobSpec
+from .settings import Settings
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttemptContext",
+    "Backoff",
+    "CallNext",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "EnqueueContext",
+    "FunctionMiddleware",
+    "JobArgumentsError",
+    "JobContext",
+    "JobNotFound",
+    "JobRegistry",
+    "JobSpec",
+    "JobTimeout",
+    "Middleware",
+    "MiddlewareChain",
+    "PendingJob",
+    "SchemaError",
+    "Settings",
+    "Soniq",
+    "SoniqError",
+    "UnknownJobError",
+    "Worker",
+    "__version__",
+    "current_attempt",
+]

@@ -1,0 +1,335 @@
+"""The application object: registry, middleware chain, hooks, and the calls users make.
+
+It stays thin: SQL lives in :mod:`soniq.sql` behind :class:`soniq.store.Store`, the worker in
+:mod:`soniq.worker`, the chain in :mod:`soniq.middleware`.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+
+from .backoff import Backoff, as_backoff
+from .database import resolve_url
+from .errors import ConfigurationError, JobArgumentsError
+from .hooks import Hooks
+from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob, compose_enqueue
+from .registry import JobRegistry, JobSpec, TraceParent, make_spec
+from .settings import Settings, load_settings
+from .store import Store
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+
+class Soniq:
+    """A job queue in PostgreSQL.
+
+    ``database_url`` comes from the argument, else ``SONIQ_DATABASE_URL``, else an embedded
+    PostgreSQL in a per-user folder. Other settings: see :class:`soniq.settings.Settings`.
+    Nothing connects until the first call that needs the database.
+    """
+
+    def __init__(self, database_url: str | None = None, **settings: Any) -> None:
+        self.settings: Settings = load_settings({"database_url": database_url, **settings})
+        explicit = self.settings.database_url
+        data_dir = self.settings.data_dir
+        if explicit:
+            resolved = resolve_url(explicit, data_dir)  # fail fast on a malformed URL
+            self._store = self._make_store(lambda: resolved)
+        else:
+            self._store = self._make_store(lambda: resolve_url(None, data_dir))
+        self.registry = JobRegistry()
+        self.middleware = MiddlewareChain()
+        self.hooks = Hooks()
+        self.workers: list[Worker] = []
+        self._enqueue_version = -1
+        self._enqueue_call: EnqueueNext = self._write
+
+    def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
+        s = self.settings
+        return Store(
+            resolver,
+            min_size=s.pool_min_size,
+            max_size=max(s.pool_max_size, s.pool_min_size),
+            connect_timeout=s.connect_timeout,
+            command_timeout=s.command_timeout,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Soniq:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop running workers and close the connection pool."""
+        for worker in list(self.workers):
+            worker.stop()
+        await self._store.close()
+
+    async def setup(self) -> None:
+        """Create or migrate the Soniq tables (idempotent, safe to run concurrently)."""
+        await self._store.setup()
+
+    @property
+    def database_url(self) -> str | None:
+        """The masked URL in use, once connected."""
+        return self._store.display_url if self._store.url else None
+
+    async def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        """The asyncpg pool Soniq uses (created on first use)."""
+        return await self._store.pool()
+
+    # -- jobs ------------------------------------------------------------------------------
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_retries: int = 3,
+        priority: int = 0,
+        timeout: float | None = None,
+        retry_backoff: Backoff | float | None = None,
+        trace_parent: TraceParent | None = None,
+    ) -> Callable[[F], F]:
+        """Register a job: ``@app.job()`` or ``@app.job(queue="emails", max_retries=5)``."""
+        backoff = as_backoff(retry_backoff)
+
+        def decorate(func: F) -> F:
+            spec = make_spec(
+                func,
+                name=name,
+                queue=queue,
+                max_retries=max_retries,
+                priority=priority,
+                timeout=timeout,
+                backoff=backoff,
+                trace_parent=trace_parent,
+            )
+            self.registry.add(spec)
+            return func
+
+        if callable(name):
+            raise TypeError("Use @app.job() with parentheses")
+        return decorate
+
+    def _get_job_registry(self) -> JobRegistry:
+        return self.registry
+
+    # -- hooks -----------------------------------------------------------------------------
+    def before_job(self, func: F) -> F:
+        """Run ``func(job_name, job_id, attempt)`` before each job function call."""
+        self.hooks.before_job.append(func)
+        self.middleware._changed()
+        return func
+
+    def after_job(self, func: F) -> F:
+        """Run ``func(job_name, job_id, duration_ms)`` after each successful job call."""
+        self.hooks.after_job.append(func)
+        self.middleware._changed()
+        return func
+
+    def on_error(self, func: F) -> F:
+        """Run ``func(job_name, job_id, error, attempt)`` when a job call raises."""
+        self.hooks.on_error.append(func)
+        self.middleware._changed()
+        return func
+
+    # -- instrumentation -------------------------------------------------------------------
+    def instrument(self, *, otel: Any = False, prometheus: Any = False, logs: Any = False) -> None:
+        """Turn on the built-in telemetry layers. Each argument is True or a config object;
+        calling this again with the same switches changes nothing."""
+        if otel:
+            from soniq_otel import install as install_otel
+
+            install_otel(self, None if otel is True else otel)
+        if logs:
+            from .logs import install as install_logs
+
+            install_logs(self, None if logs is True else logs)
+        if prometheus:
+            from soniq_prom import install as install_prom
+
+            install_prom(self, None if prometheus is True else prometheus)
+
+    # -- enqueue ---------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        job: str | Callable[..., Any],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: asyncpg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Write one job; returns its id. With ``connection=``, inside the caller's transaction."""
+        spec = self._spec_of(job)
+        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
+        await self._enqueue_chain()(EnqueueContext([pending], batch=False, connection=connection))
+        return pending.id
+
+    async def enqueue_many(
+        self,
+        job: str | Callable[..., Any],
+        kwargs_list: Iterable[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: asyncpg.Connection[Any] | None = None,
+    ) -> list[str]:
+        """Write a batch of one job in one statement; returns the ids in order."""
+        spec = self._spec_of(job)
+        jobs = []
+        for i, kwargs in enumerate(kwargs_list):
+            if not isinstance(kwargs, Mapping):
+                raise JobArgumentsError(
+                    f"enqueue_many({spec.name!r}, ...): item {i} is {type(kwargs).__name__}, "
+                    f"expected a dict of keyword arguments"
+                )
+            jobs.append(self._pending(spec, dict(kwargs), queue, priority, scheduled_at))
+        if jobs:
+            await self._enqueue_chain()(EnqueueContext(jobs, batch=True, connection=connection))
+        return [j.id for j in jobs]
+
+    def _spec_of(self, job: str | Callable[..., Any]) -> JobSpec:
+        if isinstance(job, str):
+            return self.registry.spec(job)
+        for spec in self.registry:
+            if spec.func is job:
+                return spec
+        raise JobArgumentsError(
+            f"{getattr(job, '__qualname__', job)!r} is not a registered job; decorate it with "
+            f"@app.job() on this Soniq app, or pass the job's name"
+        )
+
+    def _pending(
+        self,
+        spec: JobSpec,
+        kwargs: dict[str, Any],
+        queue: str | None,
+        priority: int | None,
+        scheduled_at: datetime | timedelta | float | None,
+    ) -> PendingJob:
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
+        at, delay = _when(scheduled_at)
+        return PendingJob(
+            id=str(uuid.uuid4()),
+            spec=spec,
+            queue=queue or spec.queue,
+            args_json=spec.bind(kwargs),
+            priority=spec.priority if priority is None else priority,
+            scheduled_at=at,
+            delay_s=delay,
+        )
+
+    def _enqueue_chain(self) -> EnqueueNext:
+        if self.middleware.version != self._enqueue_version:
+            self._enqueue_version = self.middleware.version
+            self._enqueue_call = compose_enqueue(self.middleware, self._write)
+        return self._enqueue_call
+
+    async def _write(self, ctx: EnqueueContext) -> None:
+        await self._store.insert(ctx.jobs, ctx.connection)
+
+    # -- inspection and operations ---------------------------------------------------------
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job's row as a dict, or None if no such job."""
+        return await self._store.get_job(_uuid(job_id))
+
+    async def cancel_job(self, job_id: str) -> bool:
+        """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
+        return await self._store.cancel_job(_uuid(job_id))
+
+    async def list_dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._store.dead_letters(limit)
+
+    async def retry_dead_letter(self, job_id: str) -> bool:
+        """Put a dead-lettered job back in its queue with fresh attempts."""
+        return bool(await self._store.retry_dead_letters([_uuid(job_id)]))
+
+    async def retry_all_dead_letters(self) -> list[str]:
+        return await self._store.retry_dead_letters(None)
+
+    async def queue_status(self) -> list[dict[str, Any]]:
+        """Per queue: counts by status and the age in seconds of the oldest ready job."""
+        return await self._store.queue_status()
+
+    # -- workers ---------------------------------------------------------------------------
+    def worker(self, **options: Any) -> Worker:
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+    async def run_worker(
+        self,
+        concurrency: int | None = None,
+        queues: list[str] | None = None,
+        run_once: bool = False,
+        *,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        """Run a worker until stopped (SIGTERM/SIGINT) or, with ``run_once``, until idle."""
+        worker = self.worker(
+            concurrency=concurrency,
+            queues=queues,
+            run_once=run_once,
+            install_signal_handlers=install_signal_handlers,
+        )
+        await worker.run()
+
+    def _worker_started(self, worker: Worker) -> None:
+        self.workers.append(worker)
+
+    def _worker_stopped(self, worker: Worker) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+
+
+def _when(value: datetime | timedelta | float | None) -> tuple[datetime | None, float]:
+    if value is None:
+        return None, 0.0
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ConfigurationError(
+                f"scheduled_at={value!r} has no timezone; pass an aware datetime "
+                f"(e.g. datetime.now(timezone.utc) + timedelta(minutes=5)), a timedelta or seconds"
+            )
+        return value, 0.0
+    if isinstance(value, timedelta):
+        return None, value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return None, float(value)
+    raise ConfigurationError(
+        f"scheduled_at must be an aware datetime, a timedelta or a number of seconds, "
+        f"not {value!r}"
+    )
+
+
+def _uuid(job_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(job_id)))
+    except ValueError:
+        raise ValueError(f"{job_id!r} is not a job id (a UUID string)") from None
+
+

@@ -1,0 +1,102 @@
+"""What a job can learn about its own run, and the attempt state that middlewares share."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .registry import JobSpec
+
+Outcome = Literal["done", "retry", "dead_letter"]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Injected into a job parameter annotated ``soniq.JobContext``."""
+
+    job_id: str
+    job_name: str
+    attempt: int
+    max_attempts: int
+    queue: str
+    worker_id: str
+    enqueued_at: datetime
+
+
+@dataclass(eq=False)
+class AttemptContext:
+    """One attempt of one job, as it passes through the middleware chain.
+
+    Middlewares read the job's identity, and after ``call_next`` returns or raises, its fate:
+    ``outcome`` is ``done``, ``retry`` (with ``retry_delay`` and ``next_attempt_at``) or
+    ``dead_letter``. ``state`` is scratch space for middlewares.
+    """
+
+    job_id: str
+    job_name: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    priority: int
+    args: dict[str, Any]
+    enqueued_at: datetime
+    scheduled_at: datetime
+    queue_wait_s: float
+    worker_id: str
+    spec: JobSpec
+    trace_context: dict[str, str] | None = None
+    revived: bool = False
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    result: Any = None
+    duration_ms: float | None = None
+    retry_delay: float | None = None
+    next_attempt_at: datetime | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        """True when this attempt is the job's last one if it fails."""
+        return self.attempt >= self.max_attempts
+
+    def job_context(self) -> JobContext:
+        return JobContext(
+            job_id=self.job_id,
+            job_name=self.job_name,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            queue=self.queue,
+            worker_id=self.worker_id,
+            enqueued_at=self.enqueued_at,
+        )
+
+    def settle_success(self, result: Any) -> None:
+        self.outcome = "done"
+        self.error = None
+        self.result = result
+        self.retry_delay = None
+        self.next_attempt_at = None
+
+    def settle_failure(self, error: BaseException) -> None:
+        """Decide retry or dead letter, once per error, so every outer layer sees one answer."""
+        if self.error is error and self.outcome is not None:
+            return
+        self.error = error
+        self.result = None
+        if self.final:
+            self.outcome = "dead_letter"
+            self.retry_delay = None
+            self.next_attempt_at = None
+        else:
+            self.outcome = "retry"
+            self.retry_delay = self.spec.backoff.delay(self.attempt)
+            self.next_attempt_at = datetime.now(timezone.utc) + timedelta(seconds=self.retry_delay)
+
+
+# The attempt being run in this task (or in the thread of a plain ``def`` job).
+current_attempt: ContextVar[AttemptContext | None] = ContextVar(
+    "soniq_current_attempt", default=None
+)

@@ -1,0 +1,61 @@
+"""Runs the job function itself: the innermost call of every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .context import AttemptContext, current_attempt
+from .errors import JobTimeout
+
+
+class JobExecutor:
+    """Calls ``async def`` jobs on the loop and plain ``def`` jobs in a bounded thread pool,
+    with the caller's context variables copied into the thread."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="soniq-job")
+        return self._pool
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            # Threads cannot be killed; do not wait for ones still running past a timeout.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def __call__(self, ctx: AttemptContext) -> Any:
+        spec = ctx.spec
+        kwargs = ctx.args
+        if spec.context_param is not None:
+            kwargs = {**kwargs, spec.context_param: ctx.job_context()}
+        token = current_attempt.set(ctx)
+        started = time.perf_counter()
+        try:
+            if spec.is_async:
+                call = spec.func(**kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                call = loop.run_in_executor(
+                    self._thread_pool(),
+                    functools.partial(contextvars.copy_context().run, spec.func, **kwargs),
+                )
+            if spec.timeout is None:
+                return await call
+            try:
+                return await asyncio.wait_for(call, spec.timeout)
+            except asyncio.TimeoutError:
+                raise JobTimeout(
+                    f"Job {spec.name} timed out after {spec.timeout:g}s"
+                ) from None
+        finally:
+            ctx.duration_ms = (time.perf_counter() - started) * 1000.0
+            current_attempt.reset(token)

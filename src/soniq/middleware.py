@@ -1,0 +1,368 @@
+"""The middleware chain that wraps every job attempt and every enqueue.
+
+Layers run outermost first. Built-in telemetry layers (tracing, logs, metrics) sit at the
+front; middlewares the user adds follow in the order given; the user's hooks are always the
+innermost layer, next to the job function. ``compose`` turns that list into one callable once,
+when the worker starts or the list changes, not per job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .context import AttemptContext
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from .registry import JobSpec
+
+logger = logging.getLogger("soniq")
+
+CallNext = Callable[[AttemptContext], Awaitable[Any]]
+
+
+@dataclass(eq=False)
+class PendingJob:
+    """A job about to be written. Enqueue middlewares may add to ``trace_context``."""
+
+    id: str
+    spec: JobSpec
+    queue: str
+    args_json: str
+    priority: int
+    scheduled_at: datetime | None
+    delay_s: float
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def job_name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(eq=False)
+class EnqueueContext:
+    """One ``enqueue`` (a single job) or ``enqueue_many`` (``batch`` is True)."""
+
+    jobs: list[PendingJob]
+    batch: bool
+    connection: asyncpg.Connection[Any] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+EnqueueNext = Callable[[EnqueueContext], Awaitable[None]]
+
+
+class Middleware:
+    """Base class for a layer of the chain.
+
+    Either override ``__call__`` (the attempt's context in, the job's result out; call
+    ``call_next`` once), or override any of ``before_job``, ``after_job`` and ``on_error``.
+    Override ``enqueue`` to wrap enqueues. Two instances of one class are the same layer:
+    adding the second replaces the first.
+    """
+
+    #: Built-in telemetry layers never fail a job: what they raise is logged and counted.
+    telemetry: ClassVar[bool] = False
+    #: Position among telemetry layers (lower is further out).
+    order: ClassVar[int] = 100
+
+    @property
+    def key(self) -> object:
+        return type(self)
+
+    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+        await self.before_job(ctx)
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:
+            await self.on_error(ctx, exc)
+            raise
+        await self.after_job(ctx, result)
+        return result
+
+    async def before_job(self, ctx: AttemptContext) -> None:
+        """Called before the inner layers run."""
+
+    async def after_job(self, ctx: AttemptContext, result: Any) -> None:
+        """Called after the job succeeded; ``ctx.outcome`` is ``done``."""
+
+    async def on_error(self, ctx: AttemptContext, error: Exception) -> None:
+        """Called after the job failed; ``ctx.outcome`` is ``retry`` or ``dead_letter``."""
+
+    async def enqueue(self, ctx: EnqueueContext, call_next: EnqueueNext) -> None:
+        await call_next(ctx)
+
+
+class FunctionMiddleware(Middleware):
+    """A plain ``async def mw(ctx, call_next)`` registered with ``@app.middleware``."""
+
+    def __init__(self, func: Callable[[AttemptContext, CallNext], Awaitable[Any]]) -> None:
+        self.func = func
+
+    @property
+    def key(self) -> object:
+        return self.func
+
+    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+        return await self.func(ctx, call_next)
+
+    def __repr__(self) -> str:
+        return f"FunctionMiddleware({getattr(self.func, '__qualname__', self.func)!r})"
+
+
+MiddlewareRef = Middleware | type | Callable[..., Any]
+
+TelemetryErrorListener = Callable[[Middleware, BaseException], None]
+
+
+class MiddlewareChain:
+    """The ordered, editable list of middlewares (outermost first)."""
+
+    def __init__(self) -> None:
+        self._items: list[Middleware] = []
+        self.version = 0
+        self.telemetry_error_listeners: list[TelemetryErrorListener] = []
+
+    # -- decorator form: @app.middleware -------------------------------------------------
+    def __call__(
+        self, func: Callable[[AttemptContext, CallNext], Awaitable[Any]]
+    ) -> Callable[[AttemptContext, CallNext], Awaitable[Any]]:
+        self.add(FunctionMiddleware(func))
+        return func
+
+    # -- list operations ---------------------------------------------------------------
+    def add(self, middleware: Middleware | Callable[..., Any]) -> None:
+        """Append as the innermost middleware (still outside the hooks), or replace in place."""
+        mw = _coerce(middleware)
+        at = self._find(mw.key)
+        if at is None:
+            self._items.append(mw)
+        else:
+            self._items[at] = mw
+        self._changed()
+
+    def add_builtin(self, middleware: Middleware) -> None:
+        """Place a telemetry layer at the front, in the fixed built-in order; idempotent."""
+        at = self._find(middleware.key)
+        if at is not None:
+            return
+        index = 0
+        while (
+            index < len(self._items)
+            and self._items[index].telemetry
+            and self._items[index].order <= middleware.order
+        ):
+            index += 1
+        self._items.insert(index, middleware)
+        self._changed()
+
+    def insert_before(self, ref: MiddlewareRef, middleware: Middleware | Callable[..., Any]) -> None:
+        self._insert(self._index(ref), middleware)
+
+    def insert_after(self, ref: MiddlewareRef, middleware: Middleware | Callable[..., Any]) -> None:
+        self._insert(self._index(ref) + 1, middleware)
+
+    def remove(self, ref: MiddlewareRef) -> None:
+        del self._items[self._index(ref)]
+        self._changed()
+
+    def replace(self, ref: MiddlewareRef, middleware: Middleware | Callable[..., Any]) -> None:
+        mw = _coerce(middleware)
+        index = self._index(ref)
+        other = self._find(mw.key)
+        if other is not None and other != index:
+            raise ValueError(f"{mw!r} is already in the chain at position {other}")
+        self._items[index] = mw
+        self._changed()
+
+    def __iter__(self) -> Iterator[Middleware]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, ref: object) -> bool:
+        return self._find(_key_of(ref)) is not None
+
+    def __repr__(self) -> str:
+        return f"MiddlewareChain({self._items!r})"
+
+    # -- internals ---------------------------------------------------------------------
+    def _insert(self, index: int, middleware: Middleware | Callable[..., Any]) -> None:
+        mw = _coerce(middleware)
+        existing = self._find(mw.key)
+        if existing is not None:
+            del self._items[existing]
+            if existing < index:
+                index -= 1
+        self._items.insert(index, mw)
+        self._changed()
+
+    def _find(self, key: object) -> int | None:
+        for i, item in enumerate(self._items):
+            if item.key == key or item is key:
+                return i
+        return None
+
+    def _index(self, ref: MiddlewareRef) -> int:
+        found = self._find(_key_of(ref))
+        if found is None:
+            raise ValueError(f"{ref!r} is not in the middleware chain")
+        return found
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def report_telemetry_error(self, middleware: Middleware, error: BaseException) -> None:
+        logger.warning("Telemetry middleware %r failed: %r", middleware, error)
+        for listener in self.telemetry_error_listeners:
+            try:
+                listener(middleware, error)
+            except Exception:  # a broken listener must not break the report
+                logger.exception("Telemetry error listener failed")
+
+
+def _key_of(ref: object) -> object:
+    if isinstance(ref, Middleware):
+        return ref.key
+    return ref
+
+
+def _coerce(middleware: Middleware | Callable[..., Any]) -> Middleware:
+    if isinstance(middleware, Middleware):
+        return middleware
+    if isinstance(middleware, type) and issubclass(middleware, Middleware):
+        return middleware()
+    if callable(middleware):
+        return FunctionMiddleware(middleware)
+    raise TypeError(f"Not a middleware: {middleware!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition.
+
+
+def compose(
+    chain: MiddlewareChain, innermost: CallNext
+) -> CallNext:
+    """Fold the middlewares around ``innermost`` (the hooks layer and the job).
+
+    Every step settles the attempt's outcome as an exception or a result passes through it,
+    so each outer layer sees ``ctx.outcome`` already decided.
+    """
+    call = _settling(innermost)
+    for mw in reversed(list(chain)):
+        call = _telemetry_step(mw, call, chain) if mw.telemetry else _step(mw, call)
+    return call
+
+
+def _settling(call_next: CallNext) -> CallNext:
+    async def settle(ctx: AttemptContext) -> Any:
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:
+            ctx.settle_failure(exc)
+            raise
+        if ctx.outcome != "done":
+            ctx.settle_success(result)
+        return result
+
+    return settle
+
+
+def _step(mw: Middleware, call_next: CallNext) -> CallNext:
+    async def step(ctx: AttemptContext) -> Any:
+        try:
+            result = await mw(ctx, call_next)
+        except Exception as exc:
+            ctx.settle_failure(exc)
+            raise
+        if ctx.outcome != "done":
+            ctx.settle_success(result)
+        return result
+
+    return step
+
+
+class _InnerCall:
+    """Records what the inner layers did, so a telemetry layer's own failure can be told apart
+    from the job's and the job's true result or error handed on."""
+
+    __slots__ = ("call_next", "called", "error", "result")
+
+    def __init__(self, call_next: CallNext) -> None:
+        self.call_next = call_next
+        self.called = False
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+    async def __call__(self, ctx: AttemptContext) -> Any:
+        self.called = True
+        try:
+            self.result = await self.call_next(ctx)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return self.result
+
+
+def _telemetry_step(mw: Middleware, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
+    async def step(ctx: AttemptContext) -> Any:
+        inner = _InnerCall(call_next)
+        try:
+            return await mw(ctx, inner)
+        except Exception as exc:
+            if exc is inner.error:
+                raise
+            chain.report_telemetry_error(mw, exc)
+            if not inner.called:
+                return await call_next(ctx)
+            if inner.error is not None:
+                raise inner.error from None
+            return inner.result
+
+    return step
+
+
+def compose_enqueue(
+    chain: MiddlewareChain, write: EnqueueNext
+) -> EnqueueNext:
+    call = write
+    for mw in reversed(list(chain)):
+        if type(mw).enqueue is Middleware.enqueue:
+            continue  # pass-through layers cost nothing
+        call = _enqueue_step(mw, call, chain)
+    return call
+
+
+def _enqueue_step(mw: Middleware, call_next: EnqueueNext, chain: MiddlewareChain) -> EnqueueNext:
+    async def step(ctx: EnqueueContext) -> None:
+        called = False
+        inner_error: BaseException | None = None
+
+        async def inner(c: EnqueueContext) -> None:
+            nonlocal called, inner_error
+            called = True
+            try:
+                await call_next(c)
+            except BaseException as exc:
+                inner_error = exc
+                raise
+
+        try:
+            await mw.enqueue(ctx, inner)
+        except Exception as exc:
+            if exc is inner_error or not mw.telemetry:
+                raise
+            chain.report_telemetry_error(mw, exc)
+            if not called:
+                await call_next(ctx)
+            elif inner_error is not None:
+                raise inner_error from None
+
+    return step

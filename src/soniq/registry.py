@@ -1,0 +1,191 @@
+"""The job registry: what each job name means, checked once when the job is declared."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .backoff import Backoff
+from .context import JobContext
+from .errors import ConfigurationError, JobArgumentsError, UnknownJobError
+
+TraceParent = Literal["child", "link", "none"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    func: Callable[..., Any]
+    queue: str
+    max_retries: int
+    priority: int
+    timeout: float | None
+    backoff: Backoff
+    is_async: bool
+    context_param: str | None
+    signature: inspect.Signature
+    trace_parent: TraceParent | None = None
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "func": self.func,
+            "queue": self.queue,
+            "max_retries": self.max_retries,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "timeout": self.timeout,
+            "backoff": self.backoff,
+            "is_async": self.is_async,
+            "trace_parent": self.trace_parent,
+        }
+
+    def bind(self, kwargs: dict[str, Any]) -> str:
+        """Check ``kwargs`` against the signature and return them as JSON text."""
+        if self.context_param is not None and self.context_param in kwargs:
+            raise JobArgumentsError(
+                f"Job {self.name!r}: {self.context_param!r} is filled in by Soniq with the "
+                f"JobContext; do not pass it to enqueue"
+            )
+        try:
+            self.signature.bind(**kwargs)
+        except TypeError as exc:
+            raise JobArgumentsError(
+                f"Job {self.name!r} cannot take these arguments: {exc}. "
+                f"Its signature is {self.name}{self.signature}; pass keyword arguments that "
+                f"match it"
+            ) from None
+        try:
+            return json.dumps(kwargs, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            raise JobArgumentsError(_unserialisable(self.name, kwargs)) from None
+
+
+def _unserialisable(job_name: str, kwargs: dict[str, Any]) -> str:
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return (
+                f"Job {job_name!r}: argument {key!r} ({type(value).__name__}) is not "
+                f"JSON-serialisable ({exc}). Pass plain JSON values (str, int, float, bool, "
+                f"None, list, dict), e.g. an id or an ISO date string instead of an object"
+            )
+    return f"Job {job_name!r}: arguments are not JSON-serialisable"
+
+
+class JobRegistry:
+    """Name -> JobSpec. ``get_job`` returns a plain dict, as the hooks page documents."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobSpec] = {}
+
+    def add(self, spec: JobSpec) -> None:
+        existing = self._jobs.get(spec.name)
+        if existing is not None and existing.func is not spec.func:
+            raise ConfigurationError(
+                f"Two different functions are registered as job {spec.name!r}; "
+                f"give one of them another name with @app.job(name=...)"
+            )
+        self._jobs[spec.name] = spec
+
+    def get_job(self, name: str) -> dict[str, Any] | None:
+        spec = self._jobs.get(name)
+        return None if spec is None else spec.as_dict()
+
+    def spec(self, name: str) -> JobSpec:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none yet"
+            raise UnknownJobError(
+                f"No job named {name!r} is registered (registered: {known}). Declare it with "
+                f"@app.job() in a module that is imported before enqueueing"
+            ) from None
+
+    def find(self, name: str) -> JobSpec | None:
+        return self._jobs.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._jobs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        return iter(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
+def make_spec(
+    func: Callable[..., Any],
+    *,
+    name: str | None,
+    queue: str,
+    max_retries: int,
+    priority: int,
+    timeout: float | None,
+    backoff: Backoff,
+    trace_parent: TraceParent | None,
+) -> JobSpec:
+    if not callable(func):
+        raise TypeError(f"@app.job() decorates a function, not {func!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigurationError(f"max_retries must be an int >= 0, not {max_retries!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if not isinstance(queue, str) or not queue:
+        raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
+    if trace_parent not in (None, "child", "link", "none"):
+        raise ConfigurationError(
+            f"trace_parent must be 'child', 'link' or 'none', not {trace_parent!r}"
+        )
+    signature = inspect.signature(func)
+    context_param = _context_param(func, signature)
+    if context_param is not None:
+        signature = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name != context_param]
+        )
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise ConfigurationError(
+                f"Job {func.__qualname__}: positional-only parameter {param.name!r} cannot be "
+                f"filled from enqueue keyword arguments; make it a regular parameter"
+            )
+    return JobSpec(
+        name=name or f"{func.__module__}.{func.__qualname__}",
+        func=func,
+        queue=queue,
+        max_retries=max_retries,
+        priority=priority,
+        timeout=float(timeout) if timeout is not None else None,
+        backoff=backoff,
+        is_async=inspect.iscoroutinefunction(func),
+        context_param=context_param,
+        signature=signature,
+        trace_parent=trace_parent,
+    )
+
+
+def _context_param(func: Callable[..., Any], signature: inspect.Signature) -> str | None:
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        # Unresolvable forward references: fall back to the raw annotations.
+        hints = {p.name: p.annotation for p in signature.parameters.values()}
+    for pname, hint in hints.items():
+        if pname != "return" and (hint is JobContext or hint == "JobContext"):
+            return pname
+    return None

@@ -1,0 +1,307 @@
+"""All SQL that Soniq sends, in one place.
+
+Table and column names live here only; the rest of the code calls :class:`soniq.store.Store`.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# One advisory lock key for migrations, so two processes running ``soniq setup`` at once
+# serialise instead of racing on CREATE statements.
+MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish, arbitrary but stable
+
+NOTIFY_CHANNEL = "soniq_jobs"
+
+# Each entry migrates from version ``index`` to ``index + 1``.
+MIGRATIONS: list[str] = [
+    f"""
+    CREATE TABLE IF NOT EXISTS soniq_jobs (
+        id              uuid PRIMARY KEY,
+        seq             bigint GENERATED ALWAYS AS IDENTITY,
+        job_name        text NOT NULL,
+        queue           text NOT NULL,
+        args            jsonb NOT NULL,
+        status          text NOT NULL DEFAULT 'queued'
+                        CHECK (status IN ('queued','processing','done','dead_letter','cancelled')),
+        priority        integer NOT NULL DEFAULT 0,
+        attempts        integer NOT NULL DEFAULT 0,
+        max_attempts    integer NOT NULL CHECK (max_attempts >= 1),
+        scheduled_at    timestamptz NOT NULL DEFAULT now(),
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        started_at      timestamptz,
+        finished_at     timestamptz,
+        worker_id       text,
+        last_error      text,
+        traceback       text,
+        result          jsonb,
+        trace_context   jsonb,
+        revived_at      timestamptz
+    );
+
+    -- Claiming one queue: an ordered scan that stops after LIMIT rows, however many are queued.
+    CREATE INDEX IF NOT EXISTS soniq_jobs_claim_queue
+        ON soniq_jobs (queue, priority, scheduled_at, seq) WHERE status = 'queued';
+    -- Claiming across queues, and the same order for "all queues" workers.
+    CREATE INDEX IF NOT EXISTS soniq_jobs_claim_any
+        ON soniq_jobs (priority, scheduled_at, seq) WHERE status = 'queued';
+    -- When the next delayed job or retry comes due, so an idle worker sleeps exactly that long.
+    CREATE INDEX IF NOT EXISTS soniq_jobs_due
+        ON soniq_jobs (scheduled_at) WHERE status = 'queued';
+    -- Lease recovery and shutdown touch only in-flight rows.
+    CREATE INDEX IF NOT EXISTS soniq_jobs_processing
+        ON soniq_jobs (worker_id) WHERE status = 'processing';
+    -- Dead letters are listed and retried by hand; retention purges finished rows by age.
+    CREATE INDEX IF NOT EXISTS soniq_jobs_dead_letter
+        ON soniq_jobs (finished_at) WHERE status = 'dead_letter';
+    CREATE INDEX IF NOT EXISTS soniq_jobs_finished
+        ON soniq_jobs (finished_at) WHERE status IN ('done', 'cancelled');
+
+    CREATE TABLE IF NOT EXISTS soniq_workers (
+        id            text PRIMARY KEY,
+        hostname      text NOT NULL,
+        pid           integer NOT NULL,
+        queues        text[],
+        concurrency   integer NOT NULL,
+        started_at    timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at  timestamptz NOT NULL DEFAULT now()
+    );
+
+    -- One notification per INSERT statement (not per row), carrying the queues it touched;
+    -- sent at commit, so a rolled-back transactional enqueue wakes nobody.
+    CREATE OR REPLACE FUNCTION soniq_notify_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT q.queue, ','))
+        FROM new_rows AS q;
+        RETURN NULL;
+    END $$;
+
+    DROP TRIGGER IF EXISTS soniq_jobs_notify ON soniq_jobs;
+    CREATE TRIGGER soniq_jobs_notify AFTER INSERT ON soniq_jobs
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION soniq_notify_insert();
+    """,
+]
+
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS soniq_schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+CURRENT_VERSION = """
+SELECT CASE WHEN to_regclass('soniq_schema_version') IS NULL THEN NULL
+            ELSE (SELECT coalesce(max(version), 0) FROM soniq_schema_version) END
+"""
+
+# to_regclass keeps this statement valid before the table exists.
+READ_VERSION = "SELECT coalesce(max(version), 0) FROM soniq_schema_version"
+
+RECORD_VERSION = "INSERT INTO soniq_schema_version (version) VALUES ($1)"
+
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1)"
+
+# ---------------------------------------------------------------------------------------------
+# Enqueue. scheduled_at: an absolute time ($7) wins, else now() + delay seconds ($8), both
+# evaluated on the database clock so workers and producers never disagree about "due".
+
+INSERT_JOB = """
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, coalesce($7, now() + make_interval(secs => $8)),
+        $9::jsonb)
+"""
+
+INSERT_JOBS = """
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context)
+SELECT j.id, j.job_name, j.queue, j.args::jsonb, j.priority, j.max_attempts,
+       coalesce(j.at, now() + make_interval(secs => j.delay)), j.tc::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+            $7::timestamptz[], $8::float8[], $9::text[])
+     AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc)
+"""
+
+# ---------------------------------------------------------------------------------------------
+# Worker: one round trip records the attempts that just finished and claims the next batch.
+#
+# The finish half is fenced on (status, worker_id): a worker that lost its lease cannot
+# overwrite a row that another worker has since claimed.
+
+_FINISH = """
+fin AS (
+    UPDATE soniq_jobs AS j SET
+        status       = f.status,
+        result       = f.result::jsonb,
+        last_error   = coalesce(f.error, j.last_error),
+        traceback    = coalesce(f.tb, j.traceback),
+        scheduled_at = CASE WHEN f.status = 'queued'
+                            THEN now() + make_interval(secs => f.delay)
+                            ELSE j.scheduled_at END,
+        attempts     = j.attempts - f.refund,
+        finished_at  = CASE WHEN f.status = 'queued' THEN NULL ELSE now() END,
+        worker_id    = NULL
+    FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[],
+                $8::int[]) AS f(id, status, result, error, tb, delay, refund)
+    WHERE j.id = f.id AND j.status = 'processing' AND j.worker_id = $1
+    RETURNING 1
+)"""
+
+_CLAIMED_COLUMNS = """
+    j.id, j.job_name, j.queue, j.args::text AS args, j.priority, j.attempts, j.max_attempts,
+    j.created_at, j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at,
+    extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s
+"""
+
+
+def finish_and_claim(queue_filter: str) -> str:
+    """The worker's round trip. ``queue_filter`` is one of the QUEUE_FILTER_* fragments."""
+    index_order = "priority, scheduled_at, seq"
+    return f"""
+WITH {_FINISH},
+picked AS (
+    SELECT id FROM soniq_jobs
+    WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
+      AND job_name = ANY($10::text[])
+    ORDER BY {index_order}
+    LIMIT $9
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE soniq_jobs AS j SET
+        status = 'processing', attempts = j.attempts + 1, worker_id = $1, started_at = now()
+    FROM picked WHERE j.id = picked.id
+    RETURNING {_CLAIMED_COLUMNS}
+)
+SELECT * FROM claimed ORDER BY {index_order.replace("seq", "created_at")}
+"""
+
+
+# $11 is the queue list; it is bound (as NULL) even where unused so every variant takes the
+# same arguments.
+QUEUE_FILTER_ONE = "AND queue = ($11::text[])[1]"
+QUEUE_FILTER_MANY = "AND queue = ANY($11::text[])"
+QUEUE_FILTER_ALL = "AND ($11::text[] IS NULL OR TRUE)"
+
+# Seconds until the next delayed job or retry this worker could run comes due.
+NEXT_DUE = """
+SELECT extract(epoch FROM min(scheduled_at) - now())::float8
+FROM soniq_jobs
+WHERE status = 'queued' AND scheduled_at > now()
+  AND ($1::text[] IS NULL OR queue = ANY($1::text[])) AND job_name = ANY($2::text[])
+"""
+
+REGISTER_WORKER = """
+INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+"""
+
+HEARTBEAT = "UPDATE soniq_workers SET heartbeat_at = now() WHERE id = $1 RETURNING 1"
+
+DEREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1"
+
+# Jobs whose worker stopped heartbeating go back to the queue with the attempt counted, or to
+# the dead-letter queue when that was their last one: a job that kills its worker every time
+# must not loop forever.
+RECOVER_LOST_JOBS = """
+WITH lost AS (
+    SELECT j.id FROM soniq_jobs AS j
+    WHERE j.status = 'processing'
+      AND NOT EXISTS (
+          SELECT 1 FROM soniq_workers AS w
+          WHERE w.id = j.worker_id AND w.heartbeat_at > now() - make_interval(secs => $1))
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE soniq_jobs AS j SET
+    status      = CASE WHEN j.attempts >= j.max_attempts THEN 'dead_letter' ELSE 'queued' END,
+    last_error  = format('WorkerLost: worker %s stopped heartbeating during attempt %s'
+                         || CASE WHEN j.attempts >= j.max_attempts
+                                 THEN '; attempts exhausted (the job may be killing its worker)'
+                                 ELSE '' END,
+                         coalesce(j.worker_id, '?'), j.attempts),
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    scheduled_at = now(),
+    worker_id   = NULL
+FROM lost WHERE j.id = lost.id
+RETURNING j.id, j.job_name, j.status
+"""
+
+DELETE_DEAD_WORKERS = """
+DELETE FROM soniq_workers WHERE heartbeat_at < now() - make_interval(secs => $1)
+"""
+
+# After an outage the worker may have lost a claim response in flight; anything it holds but
+# is not running goes back without using up an attempt.
+RELEASE_UNTRACKED = """
+UPDATE soniq_jobs SET status = 'queued', attempts = attempts - 1, worker_id = NULL,
+                      started_at = NULL
+WHERE worker_id = $1 AND status = 'processing' AND id <> ALL($2::uuid[])
+"""
+
+UNKNOWN_READY_NAMES = """
+SELECT DISTINCT job_name FROM soniq_jobs
+WHERE status = 'queued' AND scheduled_at <= now()
+  AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
+  AND job_name <> ALL($2::text[])
+LIMIT 20
+"""
+
+PURGE_FINISHED = """
+DELETE FROM soniq_jobs WHERE id IN (
+    SELECT id FROM soniq_jobs
+    WHERE status IN ('done', 'cancelled') AND finished_at < now() - make_interval(secs => $1)
+    LIMIT 10000)
+"""
+
+# ---------------------------------------------------------------------------------------------
+# Inspection and operations.
+
+_JOB_COLUMNS = """
+id::text AS id, job_name, args::text AS args, status, attempts, max_attempts, queue, priority,
+scheduled_at, last_error, traceback, result::text AS result, created_at, started_at,
+finished_at, worker_id
+"""
+
+GET_JOB = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
+
+CANCEL_JOB = """
+UPDATE soniq_jobs SET status = 'cancelled', finished_at = now()
+WHERE id = $1 AND status = 'queued'
+RETURNING 1
+"""
+
+LIST_DEAD_LETTERS = f"""
+SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE status = 'dead_letter'
+ORDER BY finished_at DESC LIMIT $1
+"""
+
+# A job put back from the dead-letter queue starts over with fresh attempts.
+RETRY_DEAD_LETTERS = """
+UPDATE soniq_jobs SET status = 'queued', attempts = 0, scheduled_at = now(),
+                      finished_at = NULL, revived_at = now(), worker_id = NULL
+WHERE status = 'dead_letter' AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
+RETURNING id::text
+"""
+
+# pg_notify for revived jobs: UPDATE does not fire the insert trigger.
+NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', $1)"
+
+QUEUE_STATUS = """
+SELECT queue,
+       count(*) FILTER (WHERE status = 'queued' AND scheduled_at <= now()) AS ready,
+       count(*) FILTER (WHERE status = 'queued' AND scheduled_at > now()) AS scheduled,
+       count(*) FILTER (WHERE status = 'processing') AS processing,
+       count(*) FILTER (WHERE status = 'done') AS done,
+       count(*) FILTER (WHERE status = 'dead_letter') AS dead_letter,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       extract(epoch FROM now() - min(scheduled_at)
+               FILTER (WHERE status = 'queued' AND scheduled_at <= now()))::float8
+           AS oldest_ready_age_s
+FROM soniq_jobs GROUP BY queue ORDER BY queue
+"""
+
+LIVE_WORKERS = """
+SELECT count(*) FROM soniq_workers WHERE heartbeat_at > now() - make_interval(secs => $1)
+"""

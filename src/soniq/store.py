@@ -1,0 +1,240 @@
+"""Database access: the pool, the schema, and one method per statement in :mod:`soniq.sql`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from . import sql
+from .database import mask_url
+from .errors import DatabaseUnavailable, SchemaError
+from .middleware import PendingJob
+
+logger = logging.getLogger("soniq")
+
+# Errors that mean "the server is gone or unreachable", as opposed to a bad statement.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+SETUP_HINT = "run `soniq setup` (or `await app.setup()`) against this database"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What an attempt left to be written: its new status and details."""
+
+    id: str
+    status: str  # done | queued (retry or put back) | dead_letter
+    result: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    delay_s: float = 0.0
+    refund: int = 0  # 1 when the attempt did not count (graceful shutdown)
+
+
+class Store:
+    def __init__(
+        self,
+        resolve_url: Callable[[], tuple[str, str]],
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: float,
+        command_timeout: float,
+    ) -> None:
+        self._resolve_url = resolve_url
+        self.url: str | None = None
+        self.display_url = "<not connected yet>"
+        self._min_size = min_size
+        self._max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._pool_lock = asyncio.Lock()
+        self._schema_checked = False
+
+    async def resolve(self) -> str:
+        """The URL, starting an embedded server first if that is where it comes from."""
+        if self.url is None:
+            # Starting an embedded server blocks for about a second: keep the loop free.
+            url, source = await asyncio.to_thread(self._resolve_url)
+            self.url = url
+            self.display_url = mask_url(url)
+            logger.info("Soniq uses database %s (from %s)", self.display_url, source)
+        return self.url
+
+    # -- connections -----------------------------------------------------------------------
+    async def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                url = await self.resolve()
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        url,
+                        min_size=self._min_size,
+                        max_size=self._max_size,
+                        timeout=self.connect_timeout,
+                        command_timeout=self.command_timeout,
+                    )
+                except CONNECTION_ERRORS as exc:
+                    raise self.unavailable(exc) from exc
+        return self._pool
+
+    async def connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        """A dedicated connection outside the pool (for LISTEN)."""
+        url = await self.resolve()
+        try:
+            return await asyncpg.connect(
+                url, timeout=self.connect_timeout, command_timeout=self.command_timeout
+            )
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"Cannot reach PostgreSQL at {self.display_url}: {type(exc).__name__}: {exc}. "
+            f"Check that the server is running and the URL (SONIQ_DATABASE_URL) is right"
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        pool = await self.pool()
+        try:
+            return await pool.fetch(query, *args, timeout=self.command_timeout)
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        except asyncpg.UndefinedTableError as exc:
+            raise SchemaError(f"The Soniq tables are missing; {SETUP_HINT}") from exc
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        rows = await self.fetch(query, *args)
+        return rows[0][0] if rows else None
+
+    # -- schema ----------------------------------------------------------------------------
+    async def setup(self) -> int:
+        """Create or migrate the tables; returns the number of migrations applied."""
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(sql.LOCK_MIGRATIONS, sql.MIGRATION_LOCK_KEY)
+            await conn.execute(sql.CREATE_VERSION_TABLE)
+            version = await conn.fetchval(sql.READ_VERSION)
+            applied = 0
+            for target in range(version + 1, sql.SCHEMA_VERSION + 1):
+                await conn.execute(sql.MIGRATIONS[target - 1])
+                await conn.execute(sql.RECORD_VERSION, target)
+                applied += 1
+        self._schema_checked = True
+        if applied:
+            logger.info("Soniq schema migrated to version %d", sql.SCHEMA_VERSION)
+        return applied
+
+    async def check_schema(self, conn: asyncpg.Connection[Any] | None = None) -> None:
+        if self._schema_checked:
+            return
+        if conn is None:
+            version = await self.fetchval(sql.CURRENT_VERSION)
+        else:
+            version = await conn.fetchval(sql.CURRENT_VERSION)
+        if version is None:
+            raise SchemaError(f"The Soniq tables do not exist in {self.display_url}; {SETUP_HINT}")
+        if version < sql.SCHEMA_VERSION:
+            raise SchemaError(
+                f"The Soniq schema in {self.display_url} is version {version}, this Soniq needs "
+                f"{sql.SCHEMA_VERSION}; {SETUP_HINT}"
+            )
+        if version > sql.SCHEMA_VERSION:
+            raise SchemaError(
+                f"The Soniq schema in {self.display_url} is version {version}, newer than this "
+                f"Soniq ({sql.SCHEMA_VERSION}) understands; upgrade the soniq package"
+            )
+        self._schema_checked = True
+
+    # -- enqueue ---------------------------------------------------------------------------
+    async def insert(
+        self, jobs: Sequence[PendingJob], conn: asyncpg.Connection[Any] | None
+    ) -> None:
+        await self.check_schema(conn)
+        if len(jobs) == 1:
+            j = jobs[0]
+            query: str = sql.INSERT_JOB
+            args: tuple[Any, ...] = (
+                j.id,
+                j.spec.name,
+                j.queue,
+                j.args_json,
+                j.priority,
+                j.spec.max_attempts,
+                j.scheduled_at,
+                j.delay_s,
+                json.dumps(j.trace_context) if j.trace_context else None,
+            )
+        else:
+            query = sql.INSERT_JOBS
+            args = (
+                [j.id for j in jobs],
+                [j.spec.name for j in jobs],
+                [j.queue for j in jobs],
+                [j.args_json for j in jobs],
+                [j.priority for j in jobs],
+                [j.spec.max_attempts for j in jobs],
+                [j.scheduled_at for j in jobs],
+                [j.delay_s for j in jobs],
+                [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
+            )
+        if conn is not None:
+            await conn.execute(query, *args)
+            return
+        pool = await self.pool()
+        try:
+            await pool.execute(query, *args, timeout=self.command_timeout)
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+
+    # -- inspection ------------------------------------------------------------------------
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = await self.fetch(sql.GET_JOB, job_id)
+        return job_row_to_dict(rows[0]) if rows else None
+
+    async def cancel_job(self, job_id: str) -> bool:
+        return bool(await self.fetch(sql.CANCEL_JOB, job_id))
+
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return [job_row_to_dict(r) for r in await self.fetch(sql.LIST_DEAD_LETTERS, limit)]
+
+    async def retry_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        rows = await self.fetch(sql.RETRY_DEAD_LETTERS, list(ids) if ids is not None else None)
+        if rows:
+            await self.fetch(sql.NOTIFY, "*")
+        return [r[0] for r in rows]
+
+    async def queue_status(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.fetch(sql.QUEUE_STATUS)]
+
+
+def job_row_to_dict(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["args"] = json.loads(out["args"])
+    out["result"] = json.loads(out["result"]) if out["result"] is not None else None
+    return out
+
+
+def parse_trace_context(text: str | None) -> dict[str, str] | None:
+    return json.loads(text) if text else None

@@ -1,0 +1,464 @@
+"""The worker: claims jobs, runs each attempt through the middleware chain, records the outcome.
+
+One database round trip both records the attempts that just finished and claims as many new
+jobs as there are free slots. Liveness is a per-worker heartbeat row: a worker that stops
+beating for ``lease_seconds`` is dead, and any worker hands its jobs to the queue again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from . import sql
+from .context import AttemptContext
+from .errors import ConfigurationError
+from .executor import JobExecutor
+from .middleware import CallNext, compose
+from .store import CONNECTION_ERRORS, Finished, Store, parse_trace_context
+
+if TYPE_CHECKING:
+    from .app import Soniq
+
+logger = logging.getLogger("soniq")
+
+_MAX_OUTAGE_BACKOFF = 10.0
+_PURGE_EVERY = 60.0
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Soniq,
+        *,
+        concurrency: int | None = None,
+        queues: list[str] | None = None,
+        run_once: bool = False,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        settings = app.settings
+        concurrency = settings.concurrency if concurrency is None else concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"concurrency must be a positive integer (jobs run at once), not {concurrency!r}"
+            )
+        queues = settings.queues if queues is None else queues
+        if queues is not None:
+            queues = [q.strip() for q in queues if q and q.strip()]
+            if not queues:
+                raise ConfigurationError("queues must name at least one queue, or be None for all")
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = queues
+        self.run_once = run_once
+        self.install_signal_handlers = install_signal_handlers
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.poll_interval = settings.poll_interval
+        self.lease_seconds = settings.lease_seconds
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.grace_period = settings.grace_period
+        self.done_retention = settings.done_retention
+
+        self._store: Store = app._store
+        self._executor = JobExecutor(settings.thread_pool_size or concurrency)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._finished: list[Finished] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._chain_version = -1
+        self._call: CallNext = self._executor
+        self._claim_sql = sql.finish_and_claim(
+            sql.QUEUE_FILTER_ALL
+            if queues is None
+            else sql.QUEUE_FILTER_ONE
+            if len(queues) == 1
+            else sql.QUEUE_FILTER_MANY
+        )
+        self._known_names: list[str] = []
+        self._warned_unknown: set[str] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def running_jobs(self) -> int:
+        return len(self._running)
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs get the grace period to finish."""
+        if not self._stopping:
+            logger.info("Worker %s stopping", self.id, extra={"event": "worker.stopping"})
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        await self._store.check_schema()
+        self._known_names = self.app.registry.names()
+        await self._register()
+        self.app._worker_started(self)
+        if self.install_signal_handlers:
+            self._install_signals()
+        logger.info(
+            "Worker %s started (concurrency %d, queues %s)",
+            self.id,
+            self.concurrency,
+            ",".join(self.queues) if self.queues else "all",
+            extra={"event": "worker.started", "worker_id": self.id},
+        )
+        if not self.run_once:
+            self._background = [
+                asyncio.create_task(self._listen(), name="soniq-listen"),
+                asyncio.create_task(self._heartbeat(), name="soniq-heartbeat"),
+            ]
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown()
+            self._restore_signals()
+            self.app._worker_stopped(self)
+            self._stopped.set()
+
+    # -- main loop -------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        outage_backoff = 0.0
+        while not self._stopping:
+            self._refresh_chain()
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            finished, self._finished = self._finished, []
+            try:
+                rows = await self._round_trip(finished, free)
+            except CONNECTION_ERRORS as exc:
+                self._finished[:0] = finished
+                outage_backoff = min(_MAX_OUTAGE_BACKOFF, max(0.25, outage_backoff * 2))
+                logger.warning(
+                    "Database unavailable (%s: %s); worker %s retries in %.2gs",
+                    type(exc).__name__,
+                    exc,
+                    self.id,
+                    outage_backoff,
+                    extra={"event": "worker.db_unavailable"},
+                )
+                await self._sleep(outage_backoff)
+                continue
+            if outage_backoff:
+                outage_backoff = 0.0
+                await self._after_outage()
+            for row in rows:
+                self._start(row)
+            if rows and len(rows) == free:
+                continue  # slots are full now; the next finished job wakes us
+            if self.run_once and not self._running and not self._finished:
+                if not rows:
+                    return
+                continue
+            if len(self._running) >= self.concurrency or self._finished:
+                if not self._finished:
+                    await self._wake.wait()
+                continue
+            if self.run_once:
+                await self._wake.wait()
+                continue
+            await self._sleep(await self._idle_timeout())
+
+    async def _round_trip(self, finished: list[Finished], free: int) -> list[asyncpg.Record]:
+        pool = await self._store.pool()
+        return await pool.fetch(
+            self._claim_sql,
+            self.id,
+            [f.id for f in finished],
+            [f.status for f in finished],
+            [f.result for f in finished],
+            [f.error for f in finished],
+            [f.traceback for f in finished],
+            [f.delay_s for f in finished],
+            [f.refund for f in finished],
+            max(0, free),
+            self._known_names,
+            self.queues,
+            timeout=self._store.command_timeout,
+        )
+
+    async def _idle_timeout(self) -> float:
+        try:
+            pool = await self._store.pool()
+            due = await pool.fetchval(
+                sql.NEXT_DUE, self.queues, self._known_names, timeout=self._store.command_timeout
+            )
+        except CONNECTION_ERRORS:
+            return self.poll_interval
+        if due is None:
+            return self.poll_interval
+        return min(self.poll_interval, max(0.0, float(due)))
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _refresh_chain(self) -> None:
+        chain = self.app.middleware
+        if chain.version != self._chain_version:
+            self._chain_version = chain.version
+            self._call = compose(chain, self.app.hooks.wrap(self._executor))
+
+    async def _after_outage(self) -> None:
+        logger.info("Database connection restored; worker %s carries on", self.id,
+                    extra={"event": "worker.db_restored"})
+        await self._register()
+        try:
+            pool = await self._store.pool()
+            await pool.execute(sql.RELEASE_UNTRACKED, self.id, list(self._running))
+        except CONNECTION_ERRORS:
+            pass  # the next outage round will try again via the lease
+
+    # -- one attempt -----------------------------------------------------------------------
+    def _start(self, row: asyncpg.Record) -> None:
+        spec = self.app.registry.find(row["job_name"])
+        job_id = str(row["id"])
+        if spec is None:  # registry shrank at run time; put it back untouched
+            self._finished.append(Finished(job_id, "queued", refund=1))
+            return
+        ctx = AttemptContext(
+            job_id=job_id,
+            job_name=spec.name,
+            queue=row["queue"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            priority=row["priority"],
+            args=json.loads(row["args"]),
+            enqueued_at=row["created_at"],
+            scheduled_at=row["scheduled_at"],
+            queue_wait_s=max(0.0, row["queue_wait_s"]),
+            worker_id=self.id,
+            spec=spec,
+            trace_context=parse_trace_context(row["trace_context"]),
+            revived=row["revived_at"] is not None,
+        )
+        self._running[job_id] = asyncio.create_task(self._attempt(ctx), name=f"soniq-{job_id}")
+
+    async def _attempt(self, ctx: AttemptContext) -> None:
+        try:
+            result = await self._call(ctx)
+        except asyncio.CancelledError:
+            # Only shutdown cancels attempts: the job goes back without using up an attempt.
+            self._record(Finished(ctx.job_id, "queued", refund=1))
+            return
+        except Exception as exc:
+            if ctx.outcome is None or ctx.error is not exc:
+                ctx.settle_failure(exc)
+            self._record(self._failure(ctx, exc))
+        else:
+            self._record(Finished(ctx.job_id, "done", result=self._encode_result(ctx, result)))
+        finally:
+            self._running.pop(ctx.job_id, None)
+            self._wake.set()
+
+    def _record(self, finished: Finished) -> None:
+        self._finished.append(finished)
+
+    @staticmethod
+    def _failure(ctx: AttemptContext, exc: BaseException) -> Finished:
+        error = f"{type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if ctx.outcome == "retry":
+            return Finished(ctx.job_id, "queued", error=error, traceback=tb,
+                            delay_s=ctx.retry_delay or 0.0)
+        return Finished(ctx.job_id, "dead_letter", error=error, traceback=tb)
+
+    @staticmethod
+    def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
+        if result is None:
+            return None
+        try:
+            return json.dumps(result, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            logger.warning(
+                "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
+                "the job counts as done and its result is not kept",
+                ctx.job_name,
+                ctx.job_id,
+                exc,
+            )
+            return None
+
+    # -- background tasks ------------------------------------------------------------------
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self.queues is None or payload == "*" or not payload:
+            self._wake.set()
+            return
+        if any(q in self.queues for q in payload.split(",")):
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.25
+        while not self._stopping:
+            conn: asyncpg.Connection[Any] | None = None
+            try:
+                conn = await self._store.connect()
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
+                backoff = 0.25
+                self._wake.set()  # anything enqueued while we were not listening
+                while not lost.is_set() and not self._stopping:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), self.heartbeat_interval)
+                    if not lost.is_set() and not self._stopping:
+                        # An idle socket may die silently; a ping notices.
+                        await conn.execute("SELECT 1", timeout=self._store.connect_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("LISTEN connection lost (%s); reconnecting in %.2gs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(_MAX_OUTAGE_BACKOFF, backoff * 2)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+
+    async def _register(self) -> None:
+        pool = await self._store.pool()
+        await pool.execute(
+            sql.REGISTER_WORKER,
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+        )
+
+    async def _heartbeat(self) -> None:
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                await self._beat_once()
+                if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
+                    last_purge = loop.time()
+                    pool = await self._store.pool()
+                    await pool.execute(sql.PURGE_FINISHED, self.done_retention)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("Worker heartbeat failed (%s: %s)", type(exc).__name__, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self.heartbeat_interval)
+
+    async def _beat_once(self) -> None:
+        pool = await self._store.pool()
+        if await pool.fetchval(sql.HEARTBEAT, self.id) is None:
+            # Our row was removed as dead during a long outage: come back to life.
+            await self._register()
+        recovered = await pool.fetch(sql.RECOVER_LOST_JOBS, self.lease_seconds)
+        for row in recovered:
+            logger.warning(
+                "Job %s (%s) lost its worker; %s",
+                row["job_name"],
+                row["id"],
+                "moved to the dead-letter queue (attempts exhausted)"
+                if row["status"] == "dead_letter"
+                else "queued to run again",
+            )
+        if recovered:
+            self._wake.set()
+        await pool.execute(sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10)
+        unknown = await pool.fetch(sql.UNKNOWN_READY_NAMES, self.queues, self._known_names)
+        for row in unknown:
+            name = row[0]
+            if name not in self._warned_unknown:
+                self._warned_unknown.add(name)
+                logger.warning(
+                    "Jobs named %r are waiting but this worker does not know that job; it "
+                    "leaves them for a worker that does (is the module with it imported?)",
+                    name,
+                )
+
+    # -- shutdown --------------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self._running:
+            _done, pending = await asyncio.wait(
+                list(self._running.values()), timeout=self.grace_period
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                logger.warning(
+                    "%d job(s) still running after the %.3gs grace period; putting them back",
+                    len(pending),
+                    self.grace_period,
+                )
+                await asyncio.wait(pending, timeout=5)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(BaseException):
+                await task
+        await self._flush_final()
+        self._executor.shutdown()
+
+    async def _flush_final(self) -> None:
+        for delay in (0, 0.5, 1, 2):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                finished, self._finished = self._finished, []
+                await self._round_trip(finished, 0)
+                pool = await self._store.pool()
+                await pool.execute(sql.RELEASE_UNTRACKED, self.id, [])
+                await pool.execute(sql.DEREGISTER_WORKER, self.id)
+                return
+            except CONNECTION_ERRORS as exc:
+                self._finished[:0] = finished
+                logger.warning("Could not record final results (%s); retrying", exc)
+        logger.error(
+            "Worker %s could not record %d result(s); the lease will recover them",
+            self.id,
+            len(self._finished),
+        )
+
+    # -- signals ---------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                self._previous_handlers[sig] = True
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or not supported: the caller stops us
+
+    def _restore_signals(self) -> None:
+        if not self._previous_handlers:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in self._previous_handlers:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stopping:
+            logger.warning("Second %s: exiting at once", signal.Signals(sig).name)
+            os._exit(128 + sig)
+        logger.info(
+            "%s received: finishing running jobs (grace %.3gs)",
+            signal.Signals(sig).name,
+            self.grace_period,
+        )
+        self.stop()
+
+
+WorkerFactory = Callable[..., Worker]
