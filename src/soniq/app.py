@@ -83,6 +83,11 @@ class Soniq:
             worker.stop()
         await self._store.close()
 
+    def configure(self, **settings: Any) -> None:
+        """Change settings after construction (the CLI's flags override the app's)."""
+        current = self.settings.model_dump(exclude_unset=True)
+        self.settings = load_settings({**current, **settings})
+
     async def setup(self) -> None:
         """Create or migrate the Soniq tables (idempotent, safe to run concurrently)."""
         await self._store.setup()

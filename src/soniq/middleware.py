@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from .registry import JobSpec
+    from .worker import Worker
 
 logger = logging.getLogger("soniq")
 
@@ -96,6 +97,12 @@ class Middleware:
 
     async def enqueue(self, ctx: EnqueueContext, call_next: EnqueueNext) -> None:
         await call_next(ctx)
+
+    async def startup(self, worker: Worker) -> None:
+        """Called when a worker starts, before it claims anything."""
+
+    async def shutdown(self, worker: Worker) -> None:
+        """Called when a worker has stopped, after its last results are written."""
 
 
 class FunctionMiddleware(Middleware):

@@ -25,7 +25,7 @@ from . import sql
 from .context import AttemptContext
 from .errors import ConfigurationError
 from .executor import JobExecutor
-from .middleware import CallNext, compose
+from .middleware import CallNext, Middleware, compose
 from .store import CONNECTION_ERRORS, Finished, Store, parse_trace_context
 
 if TYPE_CHECKING:
@@ -108,6 +108,8 @@ class Worker:
         self._known_names = self.app.registry.names()
         await self._register()
         self.app._worker_started(self)
+        self._refresh_chain()
+        started = await self._lifecycle("startup", list(self.app.middleware))
         if self.install_signal_handlers:
             self._install_signals()
         logger.info(
@@ -126,9 +128,24 @@ class Worker:
             await self._loop()
         finally:
             await self._shutdown()
+            await self._lifecycle("shutdown", list(reversed(started)))
             self._restore_signals()
             self.app._worker_stopped(self)
             self._stopped.set()
+
+    async def _lifecycle(self, event: str, middlewares: list[Middleware]) -> list[Middleware]:
+        """Run a startup/shutdown method on each middleware; one that fails is logged and, for
+        telemetry layers, never stops the worker."""
+        done = []
+        for mw in middlewares:
+            try:
+                await getattr(mw, event)(self)
+            except Exception as exc:
+                if not mw.telemetry:
+                    raise
+                self.app.middleware.report_telemetry_error(mw, exc)
+            done.append(mw)
+        return done
 
     # -- main loop -------------------------------------------------------------------------
     async def _loop(self) -> None:

@@ -1,0 +1,282 @@
+"""The ``soniq`` command. click does the parsing, help text and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from .app import Soniq
+from .errors import SoniqError
+from .logs import configure_logging
+
+T = TypeVar("T")
+
+
+def load_app(path: str) -> Soniq:
+    """Import ``module:attribute`` (the current directory is importable)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{path!r} should look like 'package.module:app'", param_hint="APP")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, Soniq):
+        raise click.BadParameter(
+            f"{module_name}.{attr} is {type(app).__name__}, not a soniq.Soniq app", param_hint="APP"
+        )
+    return app
+
+
+def _app_from(app_path: str | None, database_url: str | None) -> Soniq:
+    if app_path:
+        return load_app(app_path)
+    return Soniq(database_url)
+
+
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    except SoniqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+app_option = click.option(
+    "--app", "app_path", metavar="MODULE:APP", help="Soniq app to use (for its database URL)."
+)
+url_option = click.option(
+    "--database-url",
+    envvar="SONIQ_DATABASE_URL",
+    help="PostgreSQL URL (default: SONIQ_DATABASE_URL, else the embedded server).",
+)
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log format (default: SONIQ_LOG_FORMAT, else text).",
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str | None) -> None:
+    """Soniq: background jobs in PostgreSQL."""
+    fmt = log_format or os.environ.get("SONIQ_LOG_FORMAT", "text")
+    ctx.obj = {"log_format": fmt, "log_level": log_level.upper()}
+    configure_logging(fmt, log_level.upper())
+
+
+@cli.command()
+@click.argument("app_path", required=False, metavar="[MODULE:APP]")
+@url_option
+def setup(app_path: str | None, database_url: str | None) -> None:
+    """Create or migrate the Soniq tables."""
+
+    async def go() -> None:
+        async with _app_from(app_path, database_url) as app:
+            await app.setup()
+
+    _run(go)
+    click.echo("Soniq schema is up to date.")
+
+
+@cli.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("--concurrency", "-c", type=int, help="Jobs run at once per process.")
+@click.option("--queues", "-q", help="Comma-separated queues to take (default: all).")
+@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes to run.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics on this port.")
+@click.option("--metrics-host", help="Bind address for /metrics (default 127.0.0.1).")
+@click.option("--lease-seconds", type=float, help="Seconds without heartbeat before a worker is dead.")
+@click.option("--grace-period", type=float, help="Seconds running jobs get on SIGTERM.")
+@click.option("--instrument", "instrument", multiple=True,
+              type=click.Choice(["otel", "prometheus", "logs", "all"]),
+              help="Turn on built-in telemetry (repeatable).")
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    app_path: str,
+    concurrency: int | None,
+    queues: str | None,
+    processes: int,
+    metrics_port: int | None,
+    metrics_host: str | None,
+    lease_seconds: float | None,
+    grace_period: float | None,
+    instrument: Sequence[str],
+) -> None:
+    """Run a worker for the app at MODULE:APP."""
+    if concurrency is not None and concurrency < 1:
+        raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
+    if processes > 1:
+        sys.exit(_run_processes(processes, metrics_port, metrics_host))
+    app = load_app(app_path)
+    overrides: dict[str, Any] = {
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
+        "lease_seconds": lease_seconds,
+        "grace_period": grace_period,
+        "log_format": ctx.obj["log_format"],
+    }
+    app.configure(**{k: v for k, v in overrides.items() if v is not None})
+    wanted = set(instrument)
+    if wanted:
+        every = "all" in wanted
+        app.instrument(
+            otel=every or "otel" in wanted,
+            prometheus=every or "prometheus" in wanted or metrics_port is not None,
+            logs=every or "logs" in wanted,
+        )
+    elif metrics_port is not None:
+        app.instrument(prometheus=True)
+    queue_list = [q for q in queues.split(",") if q.strip()] if queues else None
+
+    async def go() -> None:
+        try:
+            await app.run_worker(concurrency=concurrency, queues=queue_list)
+        finally:
+            await app.close()
+
+    _run(go)
+
+
+def _run_processes(count: int, metrics_port: int | None, metrics_host: str | None) -> int:
+    """Start ``count`` copies of this command without ``--processes``; forward signals."""
+    args = _strip_processes(sys.argv[1:])
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "soniq", *args],
+            env={**os.environ, "SONIQ_WORKER_PROCESS_INDEX": str(i)},
+        )
+        for i in range(count)
+    ]
+
+    def forward(sig: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def _strip_processes(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--processes", "-p"):
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        out.append(arg)
+    return out
+
+
+@cli.command()
+@app_option
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(app_path: str | None, database_url: str | None, as_json: bool) -> None:
+    """Jobs per queue and status, and the age of the oldest ready job."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with _app_from(app_path, database_url) as app:
+            return await app.queue_status()
+
+    rows = _run(go)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No jobs.")
+        return
+    cols = ["ready", "scheduled", "processing", "done", "dead_letter", "cancelled"]
+    click.echo(f"{'queue':<20}" + "".join(f"{c:>12}" for c in cols) + f"{'oldest ready':>14}")
+    for row in rows:
+        age = row["oldest_ready_age_s"]
+        click.echo(
+            f"{row['queue']:<20}"
+            + "".join(f"{row[c]:>12}" for c in cols)
+            + f"{(f'{age:.1f}s' if age is not None else '-'):>14}"
+        )
+
+
+@cli.group("dead-letter")
+def dead_letter() -> None:
+    """Inspect and retry jobs in the dead-letter queue."""
+
+
+@dead_letter.command("list")
+@app_option
+@url_option
+@click.option("--limit", type=int, default=100, show_default=True)
+def dead_letter_list(app_path: str | None, database_url: str | None, limit: int) -> None:
+    """List dead-lettered jobs, newest first."""
+
+    async def go() -> list[dict[str, Any]]:
+        async with _app_from(app_path, database_url) as app:
+            return await app.list_dead_letters(limit)
+
+    rows = _run(go)
+    if not rows:
+        click.echo("The dead-letter queue is empty.")
+    for row in rows:
+        finished: datetime | None = row["finished_at"]
+        click.echo(
+            f"{row['id']}  {row['job_name']}  queue={row['queue']}  attempts={row['attempts']}"
+            f"  at={finished.isoformat() if finished else '-'}  error={row['last_error']}"
+        )
+
+
+@dead_letter.command("retry")
+@app_option
+@url_option
+@click.argument("ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every dead-lettered job.")
+def dead_letter_retry(
+    app_path: str | None, database_url: str | None, ids: tuple[str, ...], retry_all: bool
+) -> None:
+    """Put dead-lettered jobs back in their queues with fresh attempts."""
+    if bool(ids) == retry_all:
+        raise click.UsageError("give job ids or --all (not both)")
+
+    async def go() -> list[str]:
+        async with _app_from(app_path, database_url) as app:
+            if retry_all:
+                return await app.retry_all_dead_letters()
+            done = []
+            for job_id in ids:
+                if await app.retry_dead_letter(job_id):
+                    done.append(job_id)
+            return done
+
+    retried = _run(go)
+    missing = sorted(set(ids) - set(retried))
+    click.echo(f"Requeued {len(retried)} job(s).")
+    if missing:
+        raise click.ClickException(f"not in the dead-letter queue: {', '.join(missing)}")
+
+
+def main() -> None:
+    cli()
