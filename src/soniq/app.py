@@ -41,13 +41,13 @@ class Soniq:
 
     def __init__(self, database_url: str | None = None, **settings: Any) -> None:
         self.settings: Settings = load_settings({"database_url": database_url, **settings})
-        explicit = self.settings.database_url
         data_dir = self.settings.data_dir
-        if explicit:
-            resolved = resolve_url(explicit, data_dir)  # fail fast on a malformed URL
+        if database_url or self.settings.database_url:
+            # Checked now, not at first use: a malformed URL fails where it is written.
+            resolved = resolve_url(database_url, self.settings.database_url, data_dir)
             self._store = self._make_store(lambda: resolved)
         else:
-            self._store = self._make_store(lambda: resolve_url(None, data_dir))
+            self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
         self.registry = JobRegistry()
         self.middleware = MiddlewareChain()
         self.hooks = Hooks()
@@ -236,7 +236,9 @@ class Soniq:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
+            raise ConfigurationError(
+                f"priority must be an int (lower runs first), not {priority!r}"
+            )
         at, delay = _when(scheduled_at)
         return PendingJob(
             id=str(uuid.uuid4()),

@@ -26,7 +26,9 @@ def load_app(path: str) -> Soniq:
     """Import ``module:attribute`` (the current directory is importable)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise click.BadParameter(f"{path!r} should look like 'package.module:app'", param_hint="APP")
+        raise click.BadParameter(
+            f"{path!r} should look like 'package.module:app'", param_hint="APP"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -102,7 +104,7 @@ def setup(app_path: str | None, database_url: str | None) -> None:
               help="Worker processes to run.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics on this port.")
 @click.option("--metrics-host", help="Bind address for /metrics (default 127.0.0.1).")
-@click.option("--lease-seconds", type=float, help="Seconds without heartbeat before a worker is dead.")
+@click.option("--lease-seconds", type=float, help="Seconds of silence before a worker is dead.")
 @click.option("--grace-period", type=float, help="Seconds running jobs get on SIGTERM.")
 @click.option("--instrument", "instrument", multiple=True,
               type=click.Choice(["otel", "prometheus", "logs", "all"]),

