@@ -12,22 +12,23 @@ import asyncpg
 
 from soniq import JobContext, Soniq
 
-app = Soniq(os.environ["SONIQ_DATABASE_URL"], poll_interval=0.5, lease_seconds=5)
+# The URL comes from SONIQ_DATABASE_URL, set by the test that starts the process.
+app = Soniq(poll_interval=0.5, lease_seconds=5)
 
-_conn: asyncpg.Connection | None = None
+_pool: asyncpg.Pool | None = None
 
 
-async def _db() -> asyncpg.Connection:
-    global _conn
-    if _conn is None or _conn.is_closed():
-        _conn = await asyncpg.connect(os.environ["SONIQ_DATABASE_URL"])
-    return _conn
+async def _db() -> asyncpg.Pool:
+    global _pool
+    if _pool is None:
+        _pool = await asyncpg.create_pool(os.environ["SONIQ_DATABASE_URL"], min_size=1, max_size=4)
+    return _pool
 
 
 @app.job(name="core.record")
 async def record(n: int, ctx: JobContext) -> int:
-    conn = await _db()
-    await conn.execute(
+    pool = await _db()
+    await pool.execute(
         "INSERT INTO test_runs (job_id, n, pid, worker_id) VALUES ($1, $2, $3, $4)",
         ctx.job_id, n, os.getpid(), ctx.worker_id,
     )
