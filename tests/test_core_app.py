@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -63,11 +66,11 @@ async def test_logs_one_line_naming_the_database_with_password_masked(
     assert all("hunter2" not in r.getMessage() for r in caplog.records)
 
 
-async def test_embedded_database_when_no_url_is_given(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_embedded_database_when_no_url_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SONIQ_DATABASE_URL", raising=False)
-    data_dir = tmp_path_factory.mktemp("embedded") / "pgdata"
+    # Not pytest's tmp_path: as root the server runs as another user, who must reach the folder.
+    data_dir = Path(tempfile.gettempdir()) / f"soniq-test-embedded-{os.getuid()}" / "pgdata"
+    data_dir.parent.mkdir(mode=0o755, exist_ok=True)
     async with Soniq(data_dir=data_dir) as app:
 
         @app.job()
