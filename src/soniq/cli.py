@@ -79,7 +79,10 @@ def cli(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     """Soniq: background jobs in PostgreSQL."""
     fmt = log_format or os.environ.get("SONIQ_LOG_FORMAT", "text")
     ctx.obj = {"log_format": fmt, "log_level": log_level.upper()}
-    configure_logging(fmt, log_level.upper())
+    try:
+        configure_logging(fmt, log_level.upper())
+    except ValueError as exc:  # a bad SONIQ_LOG_FORMAT or level
+        raise click.UsageError(str(exc)) from None
 
 
 @cli.command()
@@ -109,6 +112,8 @@ def setup(app_path: str | None, database_url: str | None) -> None:
 @click.option("--instrument", "instrument", multiple=True,
               type=click.Choice(["otel", "prometheus", "logs", "all"]),
               help="Turn on built-in telemetry (repeatable).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log format (overrides the one given before the command).")
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -121,8 +126,12 @@ def worker(
     lease_seconds: float | None,
     grace_period: float | None,
     instrument: Sequence[str],
+    log_format: str | None,
 ) -> None:
     """Run a worker for the app at MODULE:APP."""
+    if log_format is not None:
+        ctx.obj["log_format"] = log_format
+        configure_logging(log_format, ctx.obj["log_level"])
     if concurrency is not None and concurrency < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
     if processes > 1:

@@ -5,25 +5,40 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
 logger = logging.getLogger("soniq")
 
 
+# Query parameters libpq and asyncpg read a secret from (``?password=...``, ``?sslpassword=``).
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to log."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable database URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    host = netloc[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        parts = parts._replace(query=_mask_query(parts.query))
+    return urlunsplit(parts)
+
+
+def _mask_query(query: str) -> str:
+    masked = []
+    for item in query.split("&"):
+        name, eq, _value = item.partition("=")
+        if eq and unquote_plus(name).strip().lower() in _SECRET_PARAMS:
+            item = f"{name}=***"
+        masked.append(item)
+    return "&".join(masked)
 
 
 def check_url(url: str) -> str:

@@ -99,7 +99,8 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; running jobs get the grace period to finish."""
         if not self._stopping:
-            logger.info("Worker %s stopping", self.id, extra={"event": "worker.stopping"})
+            logger.info("Worker %s stopping", self.id,
+                        extra={"event": "worker.stopping", "worker_id": self.id})
         self._stopping = True
         self._wake.set()
 
@@ -117,7 +118,8 @@ class Worker:
             self.id,
             self.concurrency,
             ",".join(self.queues) if self.queues else "all",
-            extra={"event": "worker.started", "worker_id": self.id},
+            extra={"event": "worker.started", "worker_id": self.id,
+                   "concurrency": self.concurrency, "queues": self.queues},
         )
         if not self.run_once:
             self._background = [

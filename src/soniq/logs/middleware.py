@@ -1,0 +1,140 @@
+"""The structured-log layer: one record per attempt event, a static message, data in fields.
+
+It translates chain events only. It sits behind tracing (order 10) in the chain, so the
+attempt's span is current in here and its ids go on every record.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..context import AttemptContext, Outcome
+from ..middleware import CallNext, Middleware
+from .context_filter import attach_context_filter, attempt_in_chain, trace_ids
+
+if TYPE_CHECKING:
+    from ..worker import Worker
+
+JOB_STARTED = "job.started"
+JOB_DONE = "job.done"
+JOB_RETRY = "job.retry"
+JOB_DEAD_LETTER = "job.dead_letter"
+# The worker logs these two itself (soniq.worker), whether or not this layer is installed.
+WORKER_STARTED = "worker.started"
+WORKER_STOPPING = "worker.stopping"
+
+MESSAGES = {
+    JOB_STARTED: "Job started",
+    JOB_DONE: "Job done",
+    JOB_RETRY: "Job failed; will retry",
+    JOB_DEAD_LETTER: "Job failed; moved to the dead-letter queue",
+}
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Options for ``app.instrument(logs=LogConfig(...))``."""
+
+    #: Logger the job events go to; set its level to WARNING to keep only failures.
+    logger_name: str = "soniq.jobs"
+    #: Put the job's keyword arguments on ``job.started`` as ``job_args``. Off: arguments often
+    #: hold personal data or secrets, and logs are kept and shared more widely than the queue.
+    log_args: bool = False
+    #: Put the traceback on ``job.retry`` records too (it is always on ``job.dead_letter``).
+    retry_traceback: bool = False
+    #: Add a :class:`~soniq.logs.JobContextFilter` to the root logger's handlers when installed
+    #: and when a worker starts, so the user's own records carry the job and trace ids.
+    attach_context_filter: bool = True
+
+
+class LogMiddleware(Middleware):
+    telemetry = True
+    order = 20
+
+    def __init__(self, config: LogConfig | None = None) -> None:
+        self.config = config or LogConfig()
+        self.logger = logging.getLogger(self.config.logger_name)
+
+    def __repr__(self) -> str:
+        return f"LogMiddleware({self.config!r})"
+
+    async def startup(self, worker: Worker) -> None:
+        # Logging is often configured after the app is built; by now it is in place.
+        if self.config.attach_context_filter:
+            attach_context_filter()
+
+    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+        log = self.logger
+        fields = _job_fields(ctx)
+        # Read once: the tracing layer's span stays current for the whole attempt.
+        fields.update(trace_ids())
+        if log.isEnabledFor(logging.INFO):
+            started = {"event": JOB_STARTED, **fields}
+            if self.config.log_args:
+                started["job_args"] = ctx.args
+            log.info(MESSAGES[JOB_STARTED], extra=started)
+        token = attempt_in_chain.set(ctx)
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:
+            self._failed(ctx, exc, fields)
+            raise
+        finally:
+            attempt_in_chain.reset(token)
+        if log.isEnabledFor(logging.INFO):
+            done = {"event": JOB_DONE, **fields, **_timing(ctx), "outcome": ctx.outcome or "done"}
+            log.info(MESSAGES[JOB_DONE], extra=done)
+        return result
+
+    def _failed(self, ctx: AttemptContext, exc: Exception, fields: dict[str, Any]) -> None:
+        # Outer layers see the outcome settled by the inner ones; the fallback only guards a
+        # chain that somehow did not settle it.
+        outcome: Outcome = ctx.outcome or ("dead_letter" if ctx.final else "retry")
+        event = JOB_RETRY if outcome == "retry" else JOB_DEAD_LETTER
+        record = {
+            "event": event,
+            **fields,
+            **_timing(ctx),
+            "outcome": outcome,
+            "error_type": _type_name(exc),
+            "error": str(exc),
+        }
+        if event == JOB_RETRY:
+            if ctx.retry_delay is not None:
+                record["retry_delay_ms"] = round(ctx.retry_delay * 1000.0, 3)
+            if ctx.next_attempt_at is not None:
+                record["next_attempt_at"] = ctx.next_attempt_at.isoformat()
+            exc_info = exc if self.config.retry_traceback else None
+            self.logger.warning(MESSAGES[JOB_RETRY], extra=record, exc_info=exc_info)
+        else:
+            self.logger.error(MESSAGES[JOB_DEAD_LETTER], extra=record, exc_info=exc)
+
+
+def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
+    return {
+        "job_id": ctx.job_id,
+        "job_name": ctx.job_name,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts,
+        "queue_wait_ms": round(ctx.queue_wait_s * 1000.0, 3),
+        "worker_id": ctx.worker_id,
+    }
+
+
+def _timing(ctx: AttemptContext) -> dict[str, Any]:
+    # Unknown when the attempt failed before the job function was called (in a middleware).
+    if ctx.duration_ms is None:
+        return {}
+    return {"duration_ms": round(ctx.duration_ms, 3)}
+
+
+def _type_name(exc: BaseException) -> str:
+    """``ValueError`` for built-ins, ``package.module.Error`` otherwise: a name to search by."""
+    cls = type(exc)
+    if cls.__module__ == builtins.__name__:
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
