@@ -249,3 +249,20 @@ async def test_due_time_is_on_the_database_clock(app: Soniq, db: asyncpg.Connect
     row = await db.fetchrow(
         "SELECT scheduled_at - created_at AS d FROM soniq_jobs WHERE id = $1", job_id)
     assert row is not None and abs(row["d"].total_seconds() - 30) < 0.5
+
+
+async def test_zero_delay_retry_runs_at_once(clean_db: str) -> None:
+    app = Soniq(clean_db, poll_interval=60)  # nothing but the retry itself may wake the worker
+    starts: list[float] = []
+
+    @app.job(max_retries=1, retry_backoff=0)
+    async def fails_once() -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    job_id = await app.enqueue(fails_once)
+    async with running_worker(app):
+        await wait_status(app, job_id, "done", timeout=10)
+    await app.close()
+    assert starts[1] - starts[0] < 1.0

@@ -179,6 +179,10 @@ class Worker:
                 self._start(row)
             if rows and len(rows) == free:
                 continue  # slots are full now; the next finished job wakes us
+            if any(f.status == "queued" for f in finished):
+                # A job just put back (retry, refund) was invisible to this statement's claim,
+                # which saw the table as it was before the finish: look again at once.
+                continue
             if self.run_once and not self._running and not self._finished:
                 if not rows:
                     return
