@@ -141,9 +141,10 @@ fin AS (
                             ELSE j.scheduled_at END,
         attempts     = j.attempts - f.refund,
         finished_at  = CASE WHEN f.status = 'queued' THEN NULL ELSE now() END,
-        worker_id    = NULL
+        worker_id    = NULL,
+        trace_context = coalesce(f.tc::jsonb, j.trace_context)
     FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[],
-                $8::int[]) AS f(id, status, result, error, tb, delay, refund)
+                $8::int[], $12::text[]) AS f(id, status, result, error, tb, delay, refund, tc)
     WHERE j.id = f.id AND j.status = 'processing' AND j.worker_id = $1
     RETURNING 1
 )"""

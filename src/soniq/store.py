@@ -42,6 +42,9 @@ class Finished:
     traceback: str | None = None
     delay_s: float = 0.0
     refund: int = 0  # 1 when the attempt did not count (graceful shutdown)
+    # JSON text replacing the job's trace_context (None keeps it): a failed attempt leaves its
+    # own span context there so the next attempt can link to it.
+    trace_context: str | None = None
 
 
 class Store:

@@ -211,6 +211,7 @@ class Worker:
             max(0, free),
             self._known_names,
             self.queues,
+            [f.trace_context for f in finished],
             timeout=self._store.command_timeout,
         )
 
@@ -295,10 +296,12 @@ class Worker:
     def _failure(ctx: AttemptContext, exc: BaseException) -> Finished:
         error = f"{type(exc).__name__}: {exc}"
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # Tracing may have added the failed attempt's span context for the next attempt to link.
+        tc = json.dumps(ctx.trace_context) if ctx.trace_context else None
         if ctx.outcome == "retry":
             return Finished(ctx.job_id, "queued", error=error, traceback=tb,
-                            delay_s=ctx.retry_delay or 0.0)
-        return Finished(ctx.job_id, "dead_letter", error=error, traceback=tb)
+                            delay_s=ctx.retry_delay or 0.0, trace_context=tc)
+        return Finished(ctx.job_id, "dead_letter", error=error, traceback=tb, trace_context=tc)
 
     @staticmethod
     def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
