@@ -287,3 +287,22 @@ def test_receiver_rejects_what_a_collector_would(receiver: OtlpReceiver) -> None
         urllib.request.urlopen(request, timeout=10)
     assert info.value.code == 415
     assert receiver.spans() == []
+
+
+def test_soniq_itself_needs_no_sdk() -> None:
+    """Only the API may be imported by ``soniq``; the SDK and exporters come with soniq_otel."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import soniq
+        app = soniq.Soniq("postgresql://nobody@127.0.0.1:1/none")
+        app.worker()
+        heavy = sorted(m for m in sys.modules
+                       if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter", "grpc")))
+        print(heavy)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
