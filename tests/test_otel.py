@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
-from soniq import ConfigurationError, Middleware, Soniq
+from soniq import ConfigurationError, JobContext, Middleware, Soniq
 from soniq_otel import PREVIOUS_ATTEMPT_KEY, OtelConfig, TracingMiddleware, build_tracer_provider
 from tests.support.waiting import running_worker, wait_status
 
@@ -118,13 +119,19 @@ async def test_instrument_twice_adds_one_outermost_layer(app: Soniq) -> None:
 
     app.middleware.add(UserLayer())
     app.instrument(otel=True)
+    first = next(iter(app.middleware))
     app.instrument(otel=True)
+    assert [type(m) for m in app.middleware] == [TracingMiddleware, UserLayer]
+    assert next(iter(app.middleware)) is first  # nothing changed
+    assert first.telemetry and first.order == 10
+
+    # A different config replaces the layer's options, in place; True again keeps them.
     app.instrument(otel=OtelConfig(max_parent_age=5))
+    app.instrument(otel=True)
     layers = list(app.middleware)
     assert [type(m) for m in layers] == [TracingMiddleware, UserLayer]
-    assert layers[0].telemetry and layers[0].order == 10
     assert isinstance(layers[0], TracingMiddleware)
-    assert layers[0].config == OtelConfig()  # the first call's options stay
+    assert layers[0].config == OtelConfig(max_parent_age=5)
 
 
 async def test_config_object_or_dict(app: Soniq) -> None:
@@ -132,6 +139,8 @@ async def test_config_object_or_dict(app: Soniq) -> None:
     layer = next(iter(app.middleware))
     assert isinstance(layer, TracingMiddleware)
     assert layer.config.max_parent_age == 7.5
+    with pytest.raises(TypeError, match="otel="):
+        app.instrument(otel="yes")
     with pytest.raises(ConfigurationError, match="trace_parent"):
         OtelConfig(trace_parent="sibling")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="max_parent_age"):
@@ -508,7 +517,6 @@ async def test_arguments_are_attributes_only_when_asked(
         assert not [k for k in attrs(span) if "args" in k]
         assert "private" not in json.dumps(attrs(span))
 
-    app.middleware.remove(TracingMiddleware)
     app.instrument(otel=OtelConfig(record_args=["to", "tags"]))
     spans.clear()
     loud = await app.enqueue(with_args, to="a@b.c", body="private", tags=["x"])
@@ -519,6 +527,30 @@ async def test_arguments_are_attributes_only_when_asked(
         assert a["soniq.job.args.to"] == "a@b.c"
         assert a["soniq.job.args.tags"] == '["x"]'
         assert "soniq.job.args.body" not in a
+
+
+async def test_log_records_of_an_attempt_carry_its_span(
+    traced: Soniq, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="soniq.jobs")
+    traced.instrument(logs=True)  # behind tracing: order 10, then 20
+    assert [m.order for m in traced.middleware] == [10, 20]
+
+    @traced.job(name="logged", max_retries=1, retry_backoff=0.01)
+    async def logged(ctx: JobContext) -> None:
+        if ctx.attempt == 1:
+            raise Boom("once")
+
+    job_id = await traced.enqueue(logged)
+    async with running_worker(traced):
+        await wait_status(traced, job_id, "done")
+    by_attempt = {attrs(s)["soniq.job.attempt"]: s for s in named(spans, "process logged")}
+    records = [r for r in caplog.records if r.__dict__.get("job_id") == job_id]
+    assert {r.__dict__["event"] for r in records} == {"job.started", "job.retry", "job.done"}
+    for record in records:
+        trace_id, span_id = ids(by_attempt[record.__dict__["attempt"]])
+        assert record.__dict__["trace_id"] == f"{trace_id:032x}"
+        assert record.__dict__["span_id"] == f"{span_id:016x}"
 
 
 # -- never in the way -------------------------------------------------------------------------

@@ -7,11 +7,8 @@ Needs the ``otel`` extra (opentelemetry-sdk and the OTLP exporters).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-from soniq.errors import ConfigurationError
 
 from . import attributes
 from .attributes import PREVIOUS_ATTEMPT_KEY
@@ -31,26 +28,25 @@ __all__ = [
     "install",
 ]
 
-logger = logging.getLogger("soniq.otel")
-
-
 def install(app: Soniq, config: OtelConfig | Mapping[str, Any] | None = None) -> TracingMiddleware:
-    """Add the tracing layer to ``app`` (idempotent: a second call keeps the first layer)."""
+    """Add the tracing layer to ``app`` (what ``app.instrument(otel=...)`` calls).
+
+    Installing again with no config changes nothing; with a different config, it replaces the
+    layer in place (as ``soniq.logs`` does).
+    """
     if isinstance(config, Mapping):
         config = OtelConfig(**config)
     elif config is not None and not isinstance(config, OtelConfig):
-        raise ConfigurationError(
-            f"app.instrument(otel=...) takes True, a soniq_otel.OtelConfig or a dict of its "
-            f"options, not {config!r}"
+        raise TypeError(
+            f"otel= takes True, a soniq_otel.OtelConfig or a dict of its options, not {config!r}"
         )
     for layer in app.middleware:
         if isinstance(layer, TracingMiddleware):
-            if config is not None and config != layer.config:
-                logger.warning(
-                    "Tracing is already on for this app with %r; the new options are ignored",
-                    layer.config,
-                )
-            return layer
+            if config is None or config == layer.config:
+                return layer
+            replacement = TracingMiddleware(config)
+            app.middleware.replace(TracingMiddleware, replacement)
+            return replacement
     layer = TracingMiddleware(config)
     app.middleware.add_builtin(layer)
     return layer
