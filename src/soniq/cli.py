@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -20,6 +22,8 @@ from .errors import SoniqError
 from .logs import configure_logging
 
 T = TypeVar("T")
+
+logger = logging.getLogger("soniq")
 
 
 def load_app(path: str) -> Soniq:
@@ -135,7 +139,7 @@ def worker(
     if concurrency is not None and concurrency < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
     if processes > 1:
-        sys.exit(_run_processes(processes, metrics_port, metrics_host))
+        sys.exit(_run_processes(processes, app_path, metrics_port, metrics_host))
     app = load_app(app_path)
     overrides: dict[str, Any] = {
         "metrics_port": metrics_port,
@@ -146,14 +150,16 @@ def worker(
     }
     app.configure(**{k: v for k, v in overrides.items() if v is not None})
     wanted = set(instrument)
+    # A metrics port from the flag, SONIQ_METRICS_PORT or the app's settings turns metrics on.
+    serve_metrics = app.settings.metrics_port is not None
     if wanted:
         every = "all" in wanted
         app.instrument(
             otel=every or "otel" in wanted,
-            prometheus=every or "prometheus" in wanted or metrics_port is not None,
+            prometheus=every or "prometheus" in wanted or serve_metrics,
             logs=every or "logs" in wanted,
         )
-    elif metrics_port is not None:
+    elif serve_metrics:
         app.instrument(prometheus=True)
     queue_list = [q for q in queues.split(",") if q.strip()] if queues else None
 
@@ -166,26 +172,78 @@ def worker(
     _run(go)
 
 
-def _run_processes(count: int, metrics_port: int | None, metrics_host: str | None) -> int:
-    """Start ``count`` copies of this command without ``--processes``; forward signals."""
-    args = _strip_processes(sys.argv[1:])
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "soniq", *args],
-            env={**os.environ, "SONIQ_WORKER_PROCESS_INDEX": str(i)},
+def _run_processes(
+    count: int, app_path: str, metrics_port: int | None, metrics_host: str | None
+) -> int:
+    """Start ``count`` copies of this command without ``--processes``; forward signals.
+
+    With a metrics port (flag or setting), this process serves the children's metrics merged
+    from one endpoint (prometheus_client's multiprocess mode) and reports the queue state
+    once; the children serve nothing themselves.
+    """
+    app = load_app(app_path)  # fails here, once, rather than in each child
+    app.configure(
+        **{k: v for k, v in {"metrics_port": metrics_port, "metrics_host": metrics_host}.items()
+           if v is not None}
+    )
+    env = dict(os.environ)
+    exporter = None
+    if app.settings.metrics_port is not None:
+        from soniq_prom import ProcessGroupExporter
+
+        try:
+            exporter = ProcessGroupExporter(
+                app, app.settings.metrics_host, app.settings.metrics_port
+            )
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc
+        env.update(exporter.child_env())
+        logger.info(
+            "Serving Prometheus metrics of %d worker processes on %s",
+            count,
+            exporter.url,
+            extra={"event": "metrics.serving", "url": exporter.url},
         )
-        for i in range(count)
-    ]
+    args = _strip_processes(sys.argv[1:])
+    try:
+        # Own sessions: a Ctrl-C at the terminal reaches the children once, through us, not
+        # twice (a second SIGINT makes a worker exit at once).
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "soniq", *args],
+                env={**env, "SONIQ_WORKER_PROCESS_INDEX": str(i)},
+                start_new_session=True,
+            )
+            for i in range(count)
+        ]
 
-    def forward(sig: int, _frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(sig)
+        def forward(sig: int, _frame: Any) -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(sig)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        codes = [0] * count
+
+        def reap(index: int, child: subprocess.Popen[bytes]) -> None:
+            codes[index] = child.wait()
+            if exporter is not None:
+                exporter.process_exited(child.pid)  # its running jobs and slots are gone
+
+        reapers = [
+            threading.Thread(target=reap, args=(i, child), daemon=True)
+            for i, child in enumerate(children)
+        ]
+        for reaper in reapers:
+            reaper.start()
+        for reaper in reapers:
+            reaper.join()
+        # A child killed by signal N reports -N; exit as a shell would (128 + N).
+        return max((128 - code if code < 0 else code for code in codes), default=0)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 def _strip_processes(argv: list[str]) -> list[str]:

@@ -306,3 +306,39 @@ FROM soniq_jobs GROUP BY queue ORDER BY queue
 LIVE_WORKERS = """
 SELECT count(*) FROM soniq_workers WHERE heartbeat_at > now() - make_interval(secs => $1)
 """
+
+# ---------------------------------------------------------------------------------------------
+# Queue state for metrics (soniq_prom), scraped every few seconds forever: one statement that
+# reads only live rows through the partial indexes (queued, processing, dead_letter) and never
+# touches the done rows, however many millions retention keeps. $1 is the lease in seconds.
+QUEUE_METRICS = """
+WITH queued AS (
+    SELECT queue,
+           count(*) FILTER (WHERE scheduled_at <= now()) AS ready,
+           count(*) FILTER (WHERE scheduled_at > now()) AS scheduled,
+           min(scheduled_at) FILTER (WHERE scheduled_at <= now()) AS oldest_ready
+    FROM soniq_jobs WHERE status = 'queued' GROUP BY queue
+)
+SELECT queue, 'ready' AS state, ready AS jobs,
+       extract(epoch FROM now() - oldest_ready)::float8 AS oldest_ready_age_s
+FROM queued
+UNION ALL
+SELECT queue, 'scheduled', scheduled, NULL FROM queued
+UNION ALL
+SELECT queue, 'processing', count(*), NULL FROM soniq_jobs
+WHERE status = 'processing' GROUP BY queue
+UNION ALL
+SELECT queue, 'dead_letter', count(*), NULL FROM soniq_jobs
+WHERE status = 'dead_letter' GROUP BY queue
+UNION ALL
+SELECT NULL, 'workers_live', count(*), NULL FROM soniq_workers
+WHERE heartbeat_at > now() - make_interval(secs => $1)
+"""
+
+# The one process of a fleet that reports queue state holds this session advisory lock, so
+# that sum() over all scraped processes counts every job once.
+METRICS_LEADER_LOCK_KEY = 0x50_4E_49_52  # next to MIGRATION_LOCK_KEY, distinct from it
+
+TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_lock($1)"
+
+ADVISORY_UNLOCK = "SELECT pg_advisory_unlock($1)"

@@ -1,9 +1,54 @@
-"""Prometheus metrics for Soniq (filled in by the metrics work)."""
+"""Prometheus metrics for Soniq: ``app.instrument(prometheus=True)``.
+
+Per process: enqueues, attempts by outcome, duration and queue-wait histograms (with trace
+exemplars), jobs in progress, worker capacity, telemetry errors. From PostgreSQL, reported by
+one process of the fleet: jobs per queue and state, the oldest ready job's age, live workers.
+Served by the worker on ``metrics_port``, by :func:`asgi_app` in a web app, or rendered for any
+framework by :func:`render`. See docs/metrics.md.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .config import DEFAULT_BUCKETS, OVERFLOW_LABEL, PrometheusConfig
+from .exposition import Exposition, MetricsServer, asgi_app, render, render_async
+from .middleware import PrometheusMetrics
+from .multiprocess import ProcessGroupExporter
+
+if TYPE_CHECKING:
+    from soniq import Soniq
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "OVERFLOW_LABEL",
+    "Exposition",
+    "MetricsServer",
+    "ProcessGroupExporter",
+    "PrometheusConfig",
+    "PrometheusMetrics",
+    "asgi_app",
+    "install",
+    "metrics_of",
+    "render",
+    "render_async",
+]
 
 
-def install(app: Any, config: Any = None) -> None:
-    raise NotImplementedError("soniq_prom is not implemented yet")
+def install(app: Soniq, config: PrometheusConfig | Any = None) -> PrometheusMetrics:
+    """Add the metrics layer to ``app`` (idempotent: a second call returns the first layer)."""
+    existing = metrics_of(app)
+    if existing is not None:
+        return existing
+    layer = PrometheusMetrics(app, config)
+    app.middleware.add_builtin(layer)
+    app.middleware.telemetry_error_listeners.append(layer.count_telemetry_error)
+    return layer
+
+
+def metrics_of(app: Soniq) -> PrometheusMetrics | None:
+    """The metrics layer installed on ``app``, if any."""
+    for layer in app.middleware:
+        if isinstance(layer, PrometheusMetrics):
+            return layer
+    return None

@@ -1,0 +1,146 @@
+"""The metrics layer of the chain: it only translates chain events into metric updates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
+
+from soniq import AttemptContext, CallNext, EnqueueContext, Middleware
+from soniq.middleware import EnqueueNext
+
+from .config import PrometheusConfig
+from .exposition import MetricsServer
+from .families import Families, SeriesCache
+from .multiprocess import is_multiprocess_child
+from .queue_state import QueueStateCollector
+
+if TYPE_CHECKING:
+    from soniq import Soniq, Worker
+
+logger = logging.getLogger("soniq")
+
+
+def current_exemplar() -> dict[str, str] | None:
+    """The current span's ids, if it is sampled: an exemplar pointing at a trace that the
+    tracing backend actually keeps."""
+    context = trace.get_current_span().get_span_context()
+    if not (context.trace_flags.sampled and context.is_valid):
+        return None
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+
+
+class PrometheusMetrics(Middleware):
+    """Counts enqueues and attempts, times them, and serves ``/metrics`` when the worker has a
+    ``metrics_port``. Added by ``app.instrument(prometheus=...)``."""
+
+    telemetry = True
+    order = 30
+
+    def __init__(self, app: Soniq, config: PrometheusConfig | Any = None) -> None:
+        self.app = app
+        self.config = PrometheusConfig.of(config)
+        self.registry: CollectorRegistry = self.config.registry or CollectorRegistry()
+        self.families = Families(self.registry, self.config)
+        registry = app.registry
+        self.series = SeriesCache(self.families, self.config, registry.__contains__)
+        # A worker started by `soniq worker --processes N` writes its metrics to the shared
+        # directory; the parent serves them all, and the queue state, once.
+        self.multiprocess_child = is_multiprocess_child()
+        self.queue_state: QueueStateCollector | None = None
+        if self.config.queue_state and not self.multiprocess_child:
+            self.queue_state = QueueStateCollector(
+                app,
+                ttl=self.config.queue_state_ttl,
+                timeout=self.config.queue_state_timeout,
+                max_queues=self.config.max_queues,
+                overflow=self.config.overflow_label,
+                on_error=self._queue_state_failed,
+            )
+            self.registry.register(self.queue_state)
+        self.server: MetricsServer | None = None
+        self._workers: list[Worker] = []
+        self._exemplars = self.config.exemplars
+
+    def __repr__(self) -> str:
+        return "PrometheusMetrics()"
+
+    # -- attempts ------------------------------------------------------------------------
+    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+        series = self.series.get(ctx.queue, ctx.job_name)
+        exemplar = current_exemplar() if self._exemplars else None
+        series.queue_wait.observe(ctx.queue_wait_s, exemplar)
+        series.in_progress.inc()
+        started = time.perf_counter()
+        try:
+            return await call_next(ctx)
+        finally:
+            series.in_progress.dec()
+            outcome = ctx.outcome
+            # No outcome: the attempt was cancelled by shutdown and goes back uncounted.
+            if outcome is not None:
+                ms = ctx.duration_ms
+                seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
+                series.duration.observe(seconds, exemplar)
+                series.attempts[outcome].inc()
+
+    # -- enqueues ------------------------------------------------------------------------
+    async def enqueue(self, ctx: EnqueueContext, call_next: EnqueueNext) -> None:
+        await call_next(ctx)
+        jobs = ctx.jobs
+        if len(jobs) == 1:
+            job = jobs[0]
+            self.series.get(job.queue, job.job_name).enqueued.inc()
+            return
+        counts: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = (job.queue, job.job_name)
+            counts[key] = counts.get(key, 0) + 1
+        for (queue, name), n in counts.items():
+            self.series.get(queue, name).enqueued.inc(n)
+
+    # -- worker lifecycle ----------------------------------------------------------------
+    async def startup(self, worker: Worker) -> None:
+        self._workers.append(worker)
+        self.families.capacity.inc(worker.concurrency)
+        # Registered jobs show zeros from the start, so rate() and alerts have a series.
+        for spec in self.app.registry:
+            self.series.get(spec.queue, spec.name)
+        if self.queue_state is not None:
+            self.queue_state.attach(asyncio.get_running_loop())
+        settings = self.app.settings
+        if settings.metrics_port is not None and self.server is None and (
+            not self.multiprocess_child
+        ):
+            self.server = MetricsServer(self.registry, settings.metrics_host, settings.metrics_port)
+            logger.info(
+                "Serving Prometheus metrics on %s",
+                self.server.url,
+                extra={"event": "metrics.serving", "url": self.server.url},
+            )
+
+    async def shutdown(self, worker: Worker) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
+            self.families.capacity.dec(worker.concurrency)
+        if self._workers:
+            return
+        if self.server is not None:
+            server, self.server = self.server, None
+            await asyncio.to_thread(server.close)  # waits for the serving thread's poll
+        if self.queue_state is not None:
+            await self.queue_state.close()
+
+    # -- errors --------------------------------------------------------------------------
+    def count_telemetry_error(self, _middleware: Middleware, _error: BaseException) -> None:
+        self.families.telemetry_errors.inc()
+
+    def _queue_state_failed(self, error: BaseException) -> None:
+        self.app.middleware.report_telemetry_error(self, error)

@@ -1,0 +1,297 @@
+"""Queue-state gauges read from PostgreSQL when scraped: jobs per queue and state, the age of
+the oldest ready job, and live workers.
+
+One statement (``sql.QUEUE_METRICS``), its result reused for ``queue_state_ttl`` seconds so that
+many scrapers cost one query. In a fleet only the process holding a PostgreSQL advisory lock
+reports, so ``sum()`` over every scraped process counts each job once; the lock is held on a
+connection of its own and goes with it when the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from soniq import sql
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from soniq import Soniq
+
+STATES = ("ready", "scheduled", "processing", "dead_letter")
+
+_JOBS_HELP = (
+    "Jobs in PostgreSQL per queue and state: ready (due, waiting for a worker), scheduled "
+    "(delayed or backing off), processing, dead_letter. Reported by one process of the fleet."
+)
+_AGE_HELP = (
+    "Seconds the oldest ready job of the queue has been due without being claimed "
+    "(0 when none is ready). Reported by one process of the fleet."
+)
+_WORKERS_HELP = (
+    "Workers whose heartbeat is fresher than the lease. Reported by one process of the fleet."
+)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    jobs: dict[tuple[str, str], int]
+    oldest_ready_age: dict[str, float]
+    workers_live: int
+    taken_at: float
+
+
+def build_snapshot(
+    rows: Iterable[Any], known_queues: Iterable[str], cap: int, overflow: str, taken_at: float
+) -> QueueSnapshot:
+    """Turn QUEUE_METRICS rows into per-queue gauges; every queue gets all four states, and
+    queues past ``cap`` are summed into ``overflow`` so totals stay exact."""
+    counts: dict[str, dict[str, int]] = {}
+    ages: dict[str, float] = {}
+    workers = 0
+    for row in rows:
+        state = row["state"]
+        if state == "workers_live":
+            workers = int(row["jobs"])
+            continue
+        queue = row["queue"]
+        counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] = int(row["jobs"])
+        age = row["oldest_ready_age_s"]
+        if state == "ready" and age is not None:
+            ages[queue] = max(0.0, float(age))
+    known = sorted(set(known_queues))
+    for queue in known:
+        counts.setdefault(queue, dict.fromkeys(STATES, 0))
+    # Registered queues keep their own label first, then the rest by name: a stable choice,
+    # so a queue does not flip between its own series and the overflow from one scrape to the
+    # next.
+    order = known + sorted(q for q in counts if q not in set(known))
+    own = set(order[:cap])
+    jobs: dict[tuple[str, str], int] = {}
+    oldest: dict[str, float] = {}
+    for queue in order:
+        label = queue if queue in own else overflow
+        for state, n in counts[queue].items():
+            jobs[(label, state)] = jobs.get((label, state), 0) + n
+        oldest[label] = max(oldest.get(label, 0.0), ages.get(queue, 0.0))
+    return QueueSnapshot(jobs, oldest, workers, taken_at)
+
+
+class QueueStateCollector:
+    """A prometheus_client collector; all database work happens on one event loop (the
+    worker's, the ASGI server's, or a thread's own), whatever thread the scrape comes from."""
+
+    def __init__(
+        self,
+        app: Soniq,
+        *,
+        ttl: float,
+        timeout: float,
+        max_queues: int,
+        overflow: str,
+        on_error: Callable[[BaseException], None],
+        known_queues: Callable[[], Sequence[str]] | None = None,
+    ) -> None:
+        self._app = app
+        self._ttl = ttl
+        self._timeout = timeout
+        self._max_queues = max_queues
+        self._overflow = overflow
+        self._on_error = on_error
+        self._known_queues = known_queues or (lambda: sorted({s.queue for s in app.registry}))
+        # A leader that nobody scrapes any more hands the job to one that is scraped.
+        self.idle_release = max(120.0, 10 * ttl)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._release: asyncio.TimerHandle | None = None
+        self._background: asyncio.Task[None] | None = None
+        self._snapshot: QueueSnapshot | None = None
+        self._checked_at = -math.inf
+        #: Queries sent so far (the cache is working when scrapes outnumber these).
+        self.queries = 0
+
+    # -- prometheus_client collector protocol -------------------------------------------
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        self._refresh_for_scrape()
+        snapshot = self._snapshot
+        if snapshot is None:
+            return  # not the reporter (or nothing known yet): report nothing, never zeros
+        yield from self._families(snapshot)
+
+    def _families(self, snapshot: QueueSnapshot | None) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("soniq_queue_jobs", _JOBS_HELP, labels=("queue", "state"))
+        age = GaugeMetricFamily(
+            "soniq_queue_oldest_ready_age_seconds", _AGE_HELP, labels=("queue",), unit="seconds"
+        )
+        workers = GaugeMetricFamily("soniq_workers_live", _WORKERS_HELP)
+        if snapshot is not None:
+            for (queue, state), n in sorted(snapshot.jobs.items()):
+                jobs.add_metric((queue, state), n)
+            for queue, seconds in sorted(snapshot.oldest_ready_age.items()):
+                age.add_metric((queue,), seconds)
+            workers.add_metric((), snapshot.workers_live)
+        yield jobs
+        yield age
+        yield workers
+
+    # -- refreshing ----------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Do the database work on ``loop`` from now on."""
+        if loop is not self._loop:
+            self._forget_loop()
+            self._loop = loop
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._checked_at < self._ttl
+
+    def _refresh_for_scrape(self) -> None:
+        loop = self._loop
+        if self._fresh() or loop is None or loop.is_closed() or not loop.is_running():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            # Called synchronously on the loop that must run the query: waiting would
+            # deadlock, so this scrape shows the last result and the next one a fresh one.
+            if self._background is None or self._background.done():
+                self._background = loop.create_task(self._refresh_here())
+            return
+        future = asyncio.run_coroutine_threadsafe(self._refresh_here(), loop)
+        try:
+            future.result(self._timeout + 1.0)
+        except (FutureTimeout, asyncio.CancelledError):
+            future.cancel()
+
+    async def refresh(self) -> None:
+        """Bring the snapshot up to date (at most one query per ttl); never raises."""
+        loop = asyncio.get_running_loop()
+        home = self._loop
+        if home is None or home.is_closed() or not home.is_running():
+            self.attach(loop)
+        elif home is not loop:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._refresh_here(), home))
+            return
+        await self._refresh_here()
+
+    async def _refresh_here(self) -> None:
+        if self._fresh():
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._fresh():
+                return  # another scrape refreshed while this one waited
+            try:
+                await asyncio.wait_for(self._query(), self._timeout)
+            except Exception as exc:
+                await self._drop_connection()
+                if self._snapshot is not None and (
+                    time.monotonic() - self._snapshot.taken_at > 3 * max(self._ttl, 5.0)
+                ):
+                    self._snapshot = None  # better no gauge than one that silently lies
+                self._on_error(exc)
+            finally:
+                self._checked_at = time.monotonic()
+
+    async def _query(self) -> None:
+        if not await self._lead():
+            self._snapshot = None
+            return
+        assert self._conn is not None
+        self.queries += 1
+        rows = await self._conn.fetch(sql.QUEUE_METRICS, self._app.settings.lease_seconds)
+        self._snapshot = build_snapshot(
+            rows, self._known_queues(), self._max_queues, self._overflow, time.monotonic()
+        )
+        self._schedule_release()
+
+    async def _lead(self) -> bool:
+        if self.is_leader:
+            return True
+        self._conn = None
+        # Probe through the pool first, so that processes which are not the reporter hold no
+        # connection of their own.
+        pool = await self._app.pool()
+        async with pool.acquire() as probe:
+            if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, sql.METRICS_LEADER_LOCK_KEY):
+                return False
+            await probe.fetchval(sql.ADVISORY_UNLOCK, sql.METRICS_LEADER_LOCK_KEY)
+        # A pooled connection cannot be kept: the pool's close() would wait for it forever.
+        conn = await self._app._store.connect()
+        try:
+            won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, sql.METRICS_LEADER_LOCK_KEY)
+        except BaseException:
+            conn.terminate()
+            raise
+        if not won:
+            await conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def _schedule_release(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
+        loop = asyncio.get_running_loop()
+        self._release = loop.call_later(
+            self.idle_release, lambda: loop.create_task(self._release_if_idle())
+        )
+
+    async def _release_if_idle(self) -> None:
+        if time.monotonic() - self._checked_at >= self.idle_release:
+            await self._drop_connection()
+            self._snapshot = None
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except Exception:
+                conn.terminate()
+
+    async def close(self) -> None:
+        """Give up the reporter role (if held); a later scrape may take it again."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._background is not None and not self._background.done():
+            self._background.cancel()
+            with contextlib.suppress(BaseException):
+                await self._background
+        await self._drop_connection()
+        self._snapshot = None
+        self._checked_at = -math.inf
+
+    def _forget_loop(self) -> None:
+        # Connections and locks belong to the loop that made them.
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # its loop may be closed already
+                self._conn.terminate()
+            self._conn = None
+        self._lock = None
+        self._background = None
+        self._snapshot = None
+        self._checked_at = -math.inf
