@@ -130,8 +130,12 @@ class PrometheusMetrics(Middleware):
         if worker in self._workers:
             self._workers.remove(worker)
             self.families.capacity.dec(worker.concurrency)
-        if self._workers:
-            return
+        if not self._workers:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop serving and give up the queue-state reporter role (the last worker's shutdown
+        does this; call it when the app serves metrics without a worker, e.g. over ASGI)."""
         if self.server is not None:
             server, self.server = self.server, None
             await asyncio.to_thread(server.close)  # waits for the serving thread's poll

@@ -203,11 +203,10 @@ class QueueStateCollector:
             try:
                 await asyncio.wait_for(self._query(), self._timeout)
             except Exception as exc:
+                # Whatever failed, the lock may be gone with the connection and another
+                # process reporting already: better no gauge than one counted twice.
+                self._snapshot = None
                 await self._drop_connection()
-                if self._snapshot is not None and (
-                    time.monotonic() - self._snapshot.taken_at > 3 * max(self._ttl, 5.0)
-                ):
-                    self._snapshot = None  # better no gauge than one that silently lies
                 self._on_error(exc)
             finally:
                 self._checked_at = time.monotonic()
