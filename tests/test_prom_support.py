@@ -133,7 +133,11 @@ def log_text(log: Path) -> str:
 
 @asynccontextmanager
 async def worker_process(
-    database_url: str, log: Path, *args: str, env: dict[str, str] | None = None
+    database_url: str,
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    port_flag: bool = True,
 ) -> AsyncIterator[tuple[Process, str]]:
     """``soniq worker tests.test_prom_support:app --metrics-port 0 ARGS`` in a process of its
     own; yields it and the metrics URL it logged. Stopped with SIGTERM at exit."""
@@ -147,7 +151,7 @@ async def worker_process(
     }
     proc = await spawn(
         [sys.executable, "-m", "soniq", "--log-level", "INFO", "worker", APP_PATH,
-         "--metrics-port", "0", *args],
+         *(["--metrics-port", "0"] if port_flag else []), *args],
         log, cwd=ROOT, env=environment,
     )
     try:

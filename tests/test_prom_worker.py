@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client.samples import Sample
 
 from tests.support.waiting import wait_until
@@ -163,6 +164,25 @@ async def test_processes_serve_one_endpoint_whose_counts_add_up(
         for pid in pids:  # in case the parent could not stop them
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--metrics-port", "0", "--metrics-host", "127.0.0.2"], {}),
+        ([], {"SONIQ_METRICS_PORT": "0", "SONIQ_METRICS_HOST": "127.0.0.2"}),
+    ],
+    ids=["flags", "settings"],
+)
+async def test_bind_address_comes_from_flags_or_settings_and_is_logged(
+    clean_db: str, tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    async with worker_process(
+        clean_db, tmp_path / "worker.log", *args, env=env, port_flag=False
+    ) as (_proc, url):
+        assert url.startswith("http://127.0.0.2:")
+        found = samples(await scrape(url))
+        assert value(found, "soniq_worker_capacity") == 10
 
 
 def _free_port() -> int:
