@@ -15,7 +15,7 @@ from soniq.middleware import EnqueueNext
 
 from .config import PrometheusConfig
 from .exposition import MetricsServer
-from .families import Families, SeriesCache
+from .families import Backend, ClientFamilies, LocalFamilies, SeriesCache
 from .multiprocess import is_multiprocess_child
 from .queue_state import QueueStateCollector
 
@@ -48,12 +48,17 @@ class PrometheusMetrics(Middleware):
         self.app = app
         self.config = PrometheusConfig.of(config)
         self.registry: CollectorRegistry = self.config.registry or CollectorRegistry()
-        self.families = Families(self.registry, self.config)
-        registry = app.registry
-        self.series = SeriesCache(self.families, self.config, registry.__contains__)
         # A worker started by `soniq worker --processes N` writes its metrics to the shared
         # directory; the parent serves them all, and the queue state, once.
         self.multiprocess_child = is_multiprocess_child()
+        self.backend: Backend
+        if self.multiprocess_child:
+            self.backend = ClientFamilies(self.registry, self.config)
+        else:
+            local = LocalFamilies(self.config)
+            self.registry.register(local)
+            self.backend = local
+        self.series = SeriesCache(self.backend.series, self.config, app.registry.__contains__)
         self.queue_state: QueueStateCollector | None = None
         if self.config.queue_state and not self.multiprocess_child:
             self.queue_state = QueueStateCollector(
@@ -67,7 +72,8 @@ class PrometheusMetrics(Middleware):
             self.registry.register(self.queue_state)
         self.server: MetricsServer | None = None
         self._workers: list[Worker] = []
-        self._exemplars = self.config.exemplars
+        # prometheus_client's multiprocess files cannot hold exemplars.
+        self._exemplars = self.config.exemplars and not self.multiprocess_child
 
     def __repr__(self) -> str:
         return "PrometheusMetrics()"
@@ -76,20 +82,18 @@ class PrometheusMetrics(Middleware):
     async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
         series = self.series.get(ctx.queue, ctx.job_name)
         exemplar = current_exemplar() if self._exemplars else None
-        series.queue_wait.observe(ctx.queue_wait_s, exemplar)
-        series.in_progress.inc()
+        series.begin(ctx.queue_wait_s, exemplar)
         started = time.perf_counter()
         try:
             return await call_next(ctx)
         finally:
-            series.in_progress.dec()
-            outcome = ctx.outcome
+            ms = ctx.duration_ms  # the job function's own time, when it was called
             # No outcome: the attempt was cancelled by shutdown and goes back uncounted.
-            if outcome is not None:
-                ms = ctx.duration_ms
-                seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
-                series.duration.observe(seconds, exemplar)
-                series.attempts[outcome].inc()
+            series.end(
+                ctx.outcome,
+                ms / 1000.0 if ms is not None else time.perf_counter() - started,
+                exemplar,
+            )
 
     # -- enqueues ------------------------------------------------------------------------
     async def enqueue(self, ctx: EnqueueContext, call_next: EnqueueNext) -> None:
@@ -97,19 +101,19 @@ class PrometheusMetrics(Middleware):
         jobs = ctx.jobs
         if len(jobs) == 1:
             job = jobs[0]
-            self.series.get(job.queue, job.job_name).enqueued.inc()
+            self.series.get(job.queue, job.job_name).enqueued(1)
             return
         counts: dict[tuple[str, str], int] = {}
         for job in jobs:
             key = (job.queue, job.job_name)
             counts[key] = counts.get(key, 0) + 1
         for (queue, name), n in counts.items():
-            self.series.get(queue, name).enqueued.inc(n)
+            self.series.get(queue, name).enqueued(n)
 
     # -- worker lifecycle ----------------------------------------------------------------
     async def startup(self, worker: Worker) -> None:
         self._workers.append(worker)
-        self.families.capacity.inc(worker.concurrency)
+        self.backend.add_capacity(worker.concurrency)
         # Registered jobs show zeros from the start, so rate() and alerts have a series.
         for spec in self.app.registry:
             self.series.get(spec.queue, spec.name)
@@ -129,7 +133,7 @@ class PrometheusMetrics(Middleware):
     async def shutdown(self, worker: Worker) -> None:
         if worker in self._workers:
             self._workers.remove(worker)
-            self.families.capacity.dec(worker.concurrency)
+            self.backend.add_capacity(-worker.concurrency)
         if not self._workers:
             await self.close()
 
@@ -144,7 +148,7 @@ class PrometheusMetrics(Middleware):
 
     # -- errors --------------------------------------------------------------------------
     def count_telemetry_error(self, _middleware: Middleware, _error: BaseException) -> None:
-        self.families.telemetry_errors.inc()
+        self.backend.count_telemetry_error()
 
     def _queue_state_failed(self, error: BaseException) -> None:
         self.app.middleware.report_telemetry_error(self, error)
