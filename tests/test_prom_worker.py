@@ -117,6 +117,8 @@ async def test_processes_serve_one_endpoint_whose_counts_add_up(
                 return [r["pid"] for r in rows] if len(rows) == 2 else []
 
             pids = await wait_until(registered, timeout=30, what="both worker processes")
+            shared = _multiproc_dir(pids[0])
+            assert await asyncio.to_thread(os.path.isdir, shared)
             # Long enough that both processes take some: each has only 2 slots.
             await producer.enqueue_many("slow", [{"seconds": 0.1} for _ in range(20)])
             await wait_until(lambda: _done(db, done=20), timeout=30, what="20 jobs done")
@@ -159,6 +161,7 @@ async def test_processes_serve_one_endpoint_whose_counts_add_up(
             assert parent.returncode is None, "the parent outlives a child"
         # The killed child's status is the parent's exit status, as a shell would report it.
         assert parent.returncode == 128 + signal.SIGKILL
+        assert not await asyncio.to_thread(os.path.exists, shared), "the parent cleans up"
     finally:
         await producer.close()
         for pid in pids:  # in case the parent could not stop them
@@ -183,6 +186,14 @@ async def test_bind_address_comes_from_flags_or_settings_and_is_logged(
         assert url.startswith("http://127.0.0.2:")
         found = samples(await scrape(url))
         assert value(found, "soniq_worker_capacity") == 10
+
+
+def _multiproc_dir(pid: int) -> str:
+    """The directory a child process was given to write its metrics to."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        variables = environ.read().split(b"\0")
+    prefix = b"PROMETHEUS_MULTIPROC_DIR="
+    return next(v[len(prefix):] for v in variables if v.startswith(prefix)).decode()
 
 
 def _free_port() -> int:

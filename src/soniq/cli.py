@@ -181,50 +181,55 @@ def _run_processes(
     from one endpoint (prometheus_client's multiprocess mode) and reports the queue state
     once; the children serve nothing themselves.
     """
-    app = load_app(app_path)  # fails here, once, rather than in each child
-    app.configure(
-        **{k: v for k, v in {"metrics_port": metrics_port, "metrics_host": metrics_host}.items()
-           if v is not None}
-    )
-    env = dict(os.environ)
-    exporter = None
-    if app.settings.metrics_port is not None:
-        from soniq_prom import ProcessGroupExporter
+    children: list[subprocess.Popen[bytes]] = []
+    signalled: list[int] = []
 
-        try:
-            exporter = ProcessGroupExporter(
-                app, app.settings.metrics_host, app.settings.metrics_port
-            )
-        except OSError as exc:
-            raise click.ClickException(str(exc)) from exc
-        env.update(exporter.child_env())
-        logger.info(
-            "Serving Prometheus metrics of %d worker processes on %s",
-            count,
-            exporter.url,
-            extra={"event": "metrics.serving", "url": exporter.url},
-        )
-    args = _strip_processes(sys.argv[1:])
+    def forward(sig: int, _frame: Any) -> None:
+        signalled.append(sig)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    # Installed before anything starts: a signal meanwhile stops the children already started
+    # and starts no more, and the metrics directory is still cleaned up.
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    exporter = None
     try:
-        # Own sessions: a Ctrl-C at the terminal reaches the children once, through us, not
-        # twice (a second SIGINT makes a worker exit at once).
-        children = [
-            subprocess.Popen(
+        app = load_app(app_path)  # fails here, once, rather than in each child
+        app.configure(**{
+            k: v for k, v in {"metrics_port": metrics_port, "metrics_host": metrics_host}.items()
+            if v is not None
+        })
+        env = dict(os.environ)
+        if app.settings.metrics_port is not None:
+            from soniq_prom import ProcessGroupExporter
+
+            try:
+                exporter = ProcessGroupExporter(
+                    app, app.settings.metrics_host, app.settings.metrics_port
+                )
+            except OSError as exc:
+                raise click.ClickException(str(exc)) from exc
+            env.update(exporter.child_env())
+            logger.info(
+                "Serving Prometheus metrics of %d worker processes on %s",
+                count,
+                exporter.url,
+                extra={"event": "metrics.serving", "url": exporter.url},
+            )
+        args = _strip_processes(sys.argv[1:])
+        for i in range(count):
+            if signalled:
+                break
+            # Own sessions: a Ctrl-C at the terminal reaches the children once, through us,
+            # not twice (a second SIGINT makes a worker exit at once).
+            children.append(subprocess.Popen(
                 [sys.executable, "-m", "soniq", *args],
                 env={**env, "SONIQ_WORKER_PROCESS_INDEX": str(i)},
                 start_new_session=True,
-            )
-            for i in range(count)
-        ]
-
-        def forward(sig: int, _frame: Any) -> None:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(sig)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        codes = [0] * count
+            ))
+        codes = [0] * len(children)
 
         def reap(index: int, child: subprocess.Popen[bytes]) -> None:
             codes[index] = child.wait()
