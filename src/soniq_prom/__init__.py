@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+try:
+    import prometheus_client  # noqa: F401
+except ImportError as exc:  # pragma: no cover - the dev install always has it
+    raise ImportError(
+        "Soniq's Prometheus metrics need prometheus_client: pip install 'soniq[prometheus]'"
+    ) from exc
+
 from .config import DEFAULT_BUCKETS, OVERFLOW_LABEL, PrometheusConfig
 from .exposition import Exposition, MetricsServer, asgi_app, render, render_async
 from .middleware import PrometheusMetrics
