@@ -80,15 +80,29 @@ async def test_instrument_adds_one_metrics_layer_in_telemetry_order(metrics_app:
 
     app.instrument(prometheus=True)
     first = metrics_of(app)
-    app.instrument(prometheus=PrometheusConfig(max_queues=3))  # no second layer, no change
+    app.instrument(prometheus=True)  # again: nothing changes
+    app.instrument(prometheus=PrometheusConfig())  # the same config: nothing changes
     app.middleware.add_builtin(SpanPerAttempt())
     app.middleware.add_builtin(Logs())
     assert [type(layer) for layer in app.middleware] == [
         SpanPerAttempt, Logs, PrometheusMetrics, FunctionMiddleware
     ]
     assert metrics_of(app) is first
-    assert first is not None and first.config.max_queues == 50
-    assert len(app.middleware.telemetry_error_listeners) == 1
+    assert first is not None
+    listeners = app.middleware.telemetry_error_listeners
+    assert listeners == [first.count_telemetry_error]
+
+    # A different config replaces the layer in place, registry and listener included.
+    app.instrument(prometheus=PrometheusConfig(max_queues=3))
+    second = metrics_of(app)
+    assert second is not None and second is not first and second.config.max_queues == 3
+    assert list(app.middleware)[2] is second
+    assert listeners == [second.count_telemetry_error]
+    assert not list(first.registry.collect()), "the old layer's metrics are unregistered"
+    async with running_worker(app):
+        with pytest.raises(RuntimeError, match="running worker"):
+            app.instrument(prometheus=PrometheusConfig(max_queues=4))
+    assert metrics_of(app) is second
 
 
 async def test_every_family_has_its_documented_name_type_labels_and_help(

@@ -43,11 +43,24 @@ __all__ = [
 
 
 def install(app: Soniq, config: PrometheusConfig | Any = None) -> PrometheusMetrics:
-    """Add the metrics layer to ``app`` (idempotent: a second call returns the first layer)."""
+    """Add the metrics layer to ``app`` (what ``app.instrument(prometheus=...)`` calls).
+
+    Installing again with no config, or the same one, changes nothing; with a different
+    config, a new layer (with new, zeroed metrics) replaces the old one in place, as the
+    tracing and log layers do. That is refused once a worker runs with the old one.
+    """
+    wanted = PrometheusConfig.of(config)
     existing = metrics_of(app)
     if existing is not None:
-        return existing
-    layer = PrometheusMetrics(app, config)
+        if config is None or config is True or wanted == existing.config:
+            return existing
+        existing.unregister()
+        layer = PrometheusMetrics(app, wanted)
+        app.middleware.replace(PrometheusMetrics, layer)
+        listeners = app.middleware.telemetry_error_listeners
+        listeners[listeners.index(existing.count_telemetry_error)] = layer.count_telemetry_error
+        return layer
+    layer = PrometheusMetrics(app, wanted)
     app.middleware.add_builtin(layer)
     app.middleware.telemetry_error_listeners.append(layer.count_telemetry_error)
     return layer

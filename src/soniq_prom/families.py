@@ -255,6 +255,10 @@ class ClientFamilies:
         )
         self.capacity = Gauge(*CAPACITY, multiprocess_mode="livesum", registry=registry)
         self.telemetry_errors = Counter(*TELEMETRY_ERRORS, registry=registry)
+        self.collectors = (
+            self.enqueued, self.attempts, self.duration, self.queue_wait, self.in_progress,
+            self.capacity, self.telemetry_errors,
+        )
 
     def series(self, queue: str, job_name: str) -> ClientSeries:
         return ClientSeries(self, queue, job_name)

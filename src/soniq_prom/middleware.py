@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from soniq import AttemptContext, CallNext, EnqueueContext, Middleware
 from soniq.middleware import EnqueueNext
@@ -52,11 +53,15 @@ class PrometheusMetrics(Middleware):
         # directory; the parent serves them all, and the queue state, once.
         self.multiprocess_child = is_multiprocess_child()
         self.backend: Backend
+        self._collectors: list[Collector] = []
         if self.multiprocess_child:
-            self.backend = ClientFamilies(self.registry, self.config)
+            client = ClientFamilies(self.registry, self.config)
+            self._collectors.extend(client.collectors)
+            self.backend = client
         else:
             local = LocalFamilies(self.config)
             self.registry.register(local)
+            self._collectors.append(local)
             self.backend = local
         self.series = SeriesCache(self.backend.series, self.config, app.registry.__contains__)
         self.queue_state: QueueStateCollector | None = None
@@ -70,6 +75,7 @@ class PrometheusMetrics(Middleware):
                 on_error=self._queue_state_failed,
             )
             self.registry.register(self.queue_state)
+            self._collectors.append(self.queue_state)
         self.server: MetricsServer | None = None
         self._workers: list[Worker] = []
         # prometheus_client's multiprocess files cannot hold exemplars.
@@ -145,6 +151,17 @@ class PrometheusMetrics(Middleware):
             await asyncio.to_thread(server.close)  # waits for the serving thread's poll
         if self.queue_state is not None:
             await self.queue_state.close()
+
+    def unregister(self) -> None:
+        """Take this layer's metrics out of its registry (when a new config replaces it)."""
+        if self._workers or self.server is not None:
+            raise RuntimeError(
+                "The Prometheus metrics layer is in use by a running worker; change its "
+                "configuration before starting workers"
+            )
+        for collector in self._collectors:
+            self.registry.unregister(collector)
+        self._collectors.clear()
 
     # -- errors --------------------------------------------------------------------------
     def count_telemetry_error(self, _middleware: Middleware, _error: BaseException) -> None:
