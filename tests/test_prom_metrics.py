@@ -11,13 +11,17 @@ import asyncpg
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
 from soniq import AttemptContext, CallNext, FunctionMiddleware, Middleware, Soniq
+from soniq.logs import LogConfig, LogMiddleware
+from soniq_otel import TracingMiddleware
 from soniq_prom import (
     OVERFLOW_LABEL,
     PrometheusConfig,
@@ -28,7 +32,7 @@ from soniq_prom import (
     render_async,
 )
 from tests.support.waiting import running_worker, wait_until
-from tests.test_prom_support import OPENMETRICS, SpanPerAttempt, current_trace_id, samples, value
+from tests.test_prom_support import OPENMETRICS, current_trace_id, samples, tracing, value
 
 FAMILIES = {
     "soniq_jobs_enqueued": ("counter", ("queue", "job_name")),
@@ -74,18 +78,14 @@ async def test_instrument_adds_one_metrics_layer_in_telemetry_order(metrics_app:
     async def user_layer(ctx: AttemptContext, call_next: CallNext) -> Any:
         return await call_next(ctx)
 
-    class Logs(Middleware):
-        telemetry = True
-        order = 20
-
     app.instrument(prometheus=True)
     first = metrics_of(app)
     app.instrument(prometheus=True)  # again: nothing changes
     app.instrument(prometheus=PrometheusConfig())  # the same config: nothing changes
-    app.middleware.add_builtin(SpanPerAttempt())
-    app.middleware.add_builtin(Logs())
+    # (no context filter on the test runner's own log handlers)
+    app.instrument(otel=tracing(), logs=LogConfig(attach_context_filter=False))
     assert [type(layer) for layer in app.middleware] == [
-        SpanPerAttempt, Logs, PrometheusMetrics, FunctionMiddleware
+        TracingMiddleware, LogMiddleware, PrometheusMetrics, FunctionMiddleware
     ]
     assert metrics_of(app) is first
     assert first is not None
@@ -267,21 +267,26 @@ def _now() -> Any:
 
 async def test_exemplars_carry_the_trace_id_of_the_attempt_span(metrics_app: Soniq) -> None:
     app = metrics_app
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
 
     @app.job(name="traced")
     async def traced() -> str | None:
         return current_trace_id()
 
-    app.middleware.add_builtin(SpanPerAttempt())
-    app.instrument(prometheus=True)
+    app.instrument(otel=tracing(provider), prometheus=True)
     ids = [await app.enqueue("traced") for _ in range(3)]
     await _run(app, ids)
-    trace_ids = set()
-    for job_id in ids:
+    process = {
+        format(span.context.trace_id, "032x"): format(span.context.span_id, "016x")
+        for span in spans.get_finished_spans()
+        if span.name == "process traced"
+    }
+    assert len(process) == 3
+    for job_id in ids:  # the job ran inside that span
         job = await app.get_job(job_id)
-        assert job is not None and job["result"]
-        trace_ids.add(job["result"])
-    assert len(trace_ids) == 3
+        assert job is not None and job["result"] in process
 
     exposition = render(app, OPENMETRICS)
     assert exposition.content_type.startswith("application/openmetrics-text")
@@ -292,26 +297,15 @@ async def test_exemplars_carry_the_trace_id_of_the_attempt_span(metrics_app: Son
         ]
         assert exemplars, family
         for exemplar in exemplars:
-            assert exemplar.labels["trace_id"] in trace_ids
-            assert len(exemplar.labels["span_id"]) == 16
+            assert process[exemplar.labels["trace_id"]] == exemplar.labels["span_id"]
     plain = render(app)
     assert plain.content_type.startswith("text/plain")
     assert b"trace_id" not in plain.body
 
 
-class UnsampledSpan(Middleware):
-    telemetry = True
-    order = 10
-    tracer = TracerProvider(sampler=ALWAYS_OFF).get_tracer("unsampled")
-
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
-        with self.tracer.start_as_current_span("process"):
-            return await call_next(ctx)
-
-
-@pytest.mark.parametrize("tracing", [None, UnsampledSpan])
+@pytest.mark.parametrize("sampler", [None, ALWAYS_OFF], ids=["no tracing", "unsampled"])
 async def test_no_exemplar_without_a_sampled_span(
-    metrics_app: Soniq, tracing: type[Middleware] | None
+    metrics_app: Soniq, sampler: Sampler | None
 ) -> None:
     app = metrics_app
 
@@ -319,8 +313,8 @@ async def test_no_exemplar_without_a_sampled_span(
     async def plain() -> None:
         pass
 
-    if tracing is not None:
-        app.middleware.add_builtin(tracing())
+    if sampler is not None:
+        app.instrument(otel=tracing(TracerProvider(sampler=sampler)))
     app.instrument(prometheus=True)
     await _run(app, [await app.enqueue("plain")])
     found = samples(render(app, openmetrics=True).body.decode(), openmetrics=True)

@@ -23,27 +23,18 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from soniq import AttemptContext, CallNext, JobContext, Middleware, Soniq
+from soniq import JobContext, Soniq
+from soniq_otel import OtelConfig
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_PATH = "tests.test_prom_support:app"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
-# A provider of our own, not the global one: other tests may set that.
-_tracer = TracerProvider().get_tracer("soniq-prom-tests")
-
-
-class SpanPerAttempt(Middleware):
-    """A stand-in for the tracing layer (outermost, order 10): a real OpenTelemetry SDK span is
-    current while the attempt runs."""
-
-    telemetry = True
-    order = 10
-
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
-        with _tracer.start_as_current_span(f"process {ctx.job_name}"):
-            return await call_next(ctx)
+def tracing(provider: TracerProvider | None = None) -> OtelConfig:
+    """Soniq's tracing layer on a provider of our own (not the global one, which other tests
+    may set): spans are sampled and ended, and exported nowhere unless the caller says."""
+    return OtelConfig(tracer_provider=provider or TracerProvider())
 
 
 def current_trace_id() -> str | None:
@@ -55,7 +46,7 @@ def make_app(
     database_url: str | None = None,
     *,
     prometheus: Any = True,
-    tracing: bool = True,
+    traced: bool = True,
     **settings: Any,
 ) -> Soniq:
     """Jobs with every outcome; the same names in the test process and the worker process."""
@@ -84,8 +75,8 @@ def make_app(
     async def fanout(n: int) -> None:
         await app.enqueue_many("ok", [{} for _ in range(n)])
 
-    if tracing:
-        app.middleware.add_builtin(SpanPerAttempt())
+    if traced:
+        app.instrument(otel=tracing())
     if prometheus:
         app.instrument(prometheus=prometheus)
     return app

@@ -41,7 +41,7 @@ async def _statuses(db: asyncpg.Connection[Any]) -> dict[str, int]:
 async def test_worker_process_endpoint_counts_the_jobs_it_ran(
     clean_db: str, db: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
-    producer = make_app(clean_db, prometheus=False, tracing=False)
+    producer = make_app(clean_db, prometheus=False, traced=False)
     log = tmp_path / "worker.log"
     try:
         async with worker_process(clean_db, log, "--concurrency", "4") as (_proc, url):
@@ -103,7 +103,7 @@ async def _done(db: asyncpg.Connection[Any], **wanted: int) -> bool:
 async def test_processes_serve_one_endpoint_whose_counts_add_up(
     clean_db: str, db: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
-    producer = make_app(clean_db, prometheus=False, tracing=False)
+    producer = make_app(clean_db, prometheus=False, traced=False)
     log = tmp_path / "workers.log"
     pids: list[int] = []
     try:
@@ -205,7 +205,7 @@ def _free_port() -> int:
 async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
     clean_db: str, db: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
-    producer = make_app(clean_db, prometheus=False, tracing=False)
+    producer = make_app(clean_db, prometheus=False, traced=False)
     try:
         async with worker_process(clean_db, tmp_path / "worker.log") as (_proc, url):
             ids = [await producer.enqueue("ok") for _ in range(4)]
