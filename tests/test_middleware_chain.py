@@ -760,3 +760,23 @@ async def test_enqueue_failure_policy(app: Soniq, db: asyncpg.Connection) -> Non
     with pytest.raises(PermissionError, match="quota exceeded"):
         await app.enqueue(noop)
     assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 1
+
+
+async def test_run_once_drains_a_retry_that_is_due_at_once(app: Soniq) -> None:
+    """The outcome ``retry`` with no delay is claimed again at once, not after a poll interval,
+    and a run_once worker does not stop with it still queued."""
+    outer = Outcomes()
+    app.middleware.add_builtin(outer)
+
+    @app.job(max_retries=2, retry_backoff=0)
+    async def twice() -> str:
+        if len(outer.snapshots) < 1:
+            raise RuntimeError("first attempt")
+        return "second"
+
+    job_id = await app.enqueue(twice)
+    await app.run_worker(run_once=True, install_signal_handlers=False)
+    job = await app.get_job(job_id)
+    assert job is not None
+    assert (job["status"], job["attempts"], job["result"]) == ("done", 2, "second")
+    assert [(s[0], s[1], s[2]) for s in outer.snapshots] == [(1, "retry", 0.0), (2, "done", None)]
