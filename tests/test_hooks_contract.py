@@ -760,6 +760,10 @@ async def test_a_raising_hook_is_logged_as_a_warning_and_soniq_continues(
             "Hook on_error failed: ConnectionError('on_error backend down')",
         ]
     )
+    # Which hook failed is on the record too, for structured logs.
+    hooks = {getattr(r, "hook", None) for r in caplog.records if r.getMessage().startswith("Hook")}
+    assert hooks == {f"{test_a_raising_hook_is_logged_as_a_warning_and_soniq_continues.__name__}"
+                     ".<locals>.broken"}
 
 
 async def test_a_broken_hook_never_prevents_running_or_recording(app: Soniq) -> None:

@@ -59,4 +59,8 @@ async def _call(hook: Hook, event: str, *args: Any) -> None:
         if inspect.isawaitable(outcome):
             await outcome
     except Exception as exc:
-        logger.warning("Hook %s failed: %r", event, exc)
+        # The page's exact line; which hook it was rides along for structured logs.
+        logger.warning(
+            "Hook %s failed: %r", event, exc,
+            extra={"hook": getattr(hook, "__qualname__", None) or repr(hook)},
+        )
