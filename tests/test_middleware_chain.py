@@ -780,3 +780,78 @@ async def test_run_once_drains_a_retry_that_is_due_at_once(app: Soniq) -> None:
     assert job is not None
     assert (job["status"], job["attempts"], job["result"]) == ("done", 2, "second")
     assert [(s[0], s[1], s[2]) for s in outer.snapshots] == [(1, "retry", 0.0), (2, "done", None)]
+
+
+# -- startup and shutdown -----------------------------------------------------------------------
+
+
+def lifecycle_layer(name: str, log: list[str], *, fail: str = "", telemetry: bool = False,
+                    order: int = 100) -> Middleware:
+    class Layer(Middleware):
+        @property
+        def key(self) -> object:
+            return name
+
+        async def startup(self, worker: Any) -> None:
+            log.append(f"{name}.startup")
+            if fail == "startup":
+                raise RuntimeError(f"{name} cannot start")
+
+        async def shutdown(self, worker: Any) -> None:
+            log.append(f"{name}.shutdown")
+            if fail == "shutdown":
+                raise RuntimeError(f"{name} cannot stop")
+
+    Layer.telemetry = telemetry
+    Layer.order = order
+    return Layer()
+
+
+async def test_startup_runs_outermost_first_and_shutdown_in_reverse(app: Soniq) -> None:
+    log: list[str] = []
+    app.middleware.add(lifecycle_layer("user", log))
+    app.middleware.add_builtin(lifecycle_layer("tracing", log, telemetry=True, order=10))
+    await app.run_worker(run_once=True, install_signal_handlers=False)
+    assert log == ["tracing.startup", "user.startup", "user.shutdown", "tracing.shutdown"]
+
+
+async def test_a_user_middleware_failing_at_startup_stops_the_worker_cleanly(
+    app: Soniq, db: asyncpg.Connection
+) -> None:
+    log: list[str] = []
+    app.middleware.add(lifecycle_layer("first", log))
+    app.middleware.add(lifecycle_layer("broken", log, fail="startup"))
+    app.middleware.add(lifecycle_layer("never", log))
+    with pytest.raises(RuntimeError, match="broken cannot start"):
+        await app.run_worker(install_signal_handlers=False)
+    # Only what started is shut down; the worker is gone from the app and the database.
+    assert log == ["first.startup", "broken.startup", "first.shutdown"]
+    assert app.workers == []
+    assert await db.fetchval("SELECT count(*) FROM soniq_workers") == 0
+
+
+async def test_a_telemetry_middleware_failing_at_startup_is_reported(app: Soniq) -> None:
+    log: list[str] = []
+    reported: list[str] = []
+    app.middleware.telemetry_error_listeners.append(lambda mw, exc: reported.append(str(exc)))
+    app.middleware.add_builtin(lifecycle_layer("metrics", log, fail="startup", telemetry=True))
+
+    @app.job()
+    async def noop() -> None:
+        pass
+
+    job_id = await app.enqueue(noop)
+    await app.run_worker(run_once=True, install_signal_handlers=False)
+    assert await wait_status(app, job_id, "done")
+    assert reported == ["metrics cannot start"]
+    assert log == ["metrics.startup", "metrics.shutdown"]
+
+
+async def test_a_failing_shutdown_still_shuts_down_the_other_layers(app: Soniq) -> None:
+    log: list[str] = []
+    app.middleware.add(lifecycle_layer("outer", log))
+    app.middleware.add(lifecycle_layer("inner", log, fail="shutdown"))
+    with pytest.raises(RuntimeError, match="inner cannot stop"):
+        await app.run_worker(run_once=True, install_signal_handlers=False)
+    assert log == ["outer.startup", "inner.startup", "inner.shutdown", "outer.shutdown"]
+    assert app.workers == []
