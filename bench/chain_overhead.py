@@ -69,18 +69,20 @@ def make_app(url: str, hooks_per_event: int) -> Soniq:
     return app
 
 
-async def drain(app: Soniq, loader: Soniq, jobs: int, concurrency: int) -> float:
-    """Queue ``jobs`` jobs (not timed), drain them with one worker; jobs per second."""
+async def drain(app: Soniq, loader: Soniq, jobs: int, concurrency: int) -> tuple[float, float]:
+    """Queue ``jobs`` jobs (not timed), drain them with one worker: jobs per second, and this
+    process's CPU microseconds per job (what the hooks add is CPU here, and other load on the
+    machine moves CPU time far less than wall time)."""
     pool = await loader.pool()
     await pool.execute("TRUNCATE soniq_jobs, soniq_workers")
     await loader.enqueue_many(JOB_NAME, [{"i": i} for i in range(jobs)])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await app.run_worker(concurrency=concurrency, run_once=True, install_signal_handlers=False)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     done = await pool.fetchval("SELECT count(*) FROM soniq_jobs WHERE status = 'done'")
     if done != jobs:
         raise RuntimeError(f"expected {jobs} jobs done, found {done}")
-    return jobs / elapsed
+    return jobs / elapsed, cpu / jobs * 1e6
 
 
 async def chain_cost_us(app: Soniq, calls: int) -> float:
@@ -121,6 +123,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await plain.setup()
         rates: dict[str, list[float]] = {"plain": [], "hooked": []}
+        cpus: dict[str, list[float]] = {"plain": [], "hooked": []}
         pairs: list[float] = []
         apps = {"plain": plain, "hooked": hooked}
         for rep in range(args.repeats + 1):
@@ -128,12 +131,14 @@ async def main(args: argparse.Namespace) -> None:
             got = {v: await drain(apps[v], plain, args.jobs, args.concurrency) for v in order}
             if rep == 0:
                 continue  # warm-up: pools, caches, plans
-            for variant, rate in got.items():
+            for variant, (rate, cpu) in got.items():
                 rates[variant].append(rate)
-            pairs.append(got["hooked"] / got["plain"])
+                cpus[variant].append(cpu)
+            pairs.append(got["hooked"][0] / got["plain"][0])
             print(
-                f"rep {rep:2d}: plain {got['plain']:7.0f} jobs/s   hooked {got['hooked']:7.0f} "
-                f"jobs/s   ratio {pairs[-1]:.3f}",
+                f"rep {rep:2d}: plain {got['plain'][0]:6.0f} jobs/s {got['plain'][1]:5.0f} us "
+                f"cpu/job   hooked {got['hooked'][0]:6.0f} jobs/s {got['hooked'][1]:5.0f} us "
+                f"cpu/job   ratio {pairs[-1]:.3f}",
                 flush=True,
             )
         plain_rate = statistics.median(rates["plain"])
@@ -150,6 +155,11 @@ async def main(args: argparse.Namespace) -> None:
         q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pair_ratio,) * 3
         print(f"median of per-pair ratios:        {pair_ratio:.3f}  -> cost "
               f"{100 * (1 - pair_ratio):+.1f} %  (quartiles {q1:.3f} .. {q3:.3f}: the noise)")
+
+        plain_cpu = statistics.median(cpus["plain"])
+        hooked_cpu = statistics.median(cpus["hooked"])
+        print(f"median worker-process CPU per job: no hooks {plain_cpu:.0f} us, {hooks} hooks "
+              f"{hooked_cpu:.0f} us -> cost {100 * (hooked_cpu / plain_cpu - 1):+.1f} %")
 
         plain_us = await chain_cost_us(plain, args.chain_calls)
         hooked_us = await chain_cost_us(hooked, args.chain_calls)
