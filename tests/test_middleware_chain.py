@@ -17,12 +17,12 @@ from soniq import (
     AttemptContext,
     CallNext,
     EnqueueContext,
+    EnqueueNext,
     FunctionMiddleware,
     Middleware,
     MiddlewareChain,
     Soniq,
 )
-from soniq.middleware import EnqueueNext
 from tests.support.waiting import running_worker, wait_status, wait_until
 
 # -- editing the chain (no database) ----------------------------------------------------------
