@@ -22,6 +22,7 @@ from soniq import (
     Middleware,
     MiddlewareChain,
     Soniq,
+    current_attempt,
 )
 from tests.support.waiting import running_worker, wait_status, wait_until
 
@@ -509,6 +510,8 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 async def test_contextvar_set_by_middleware_is_seen_by_jobs_and_hooks(app: Soniq) -> None:
     seen: dict[str, str | None] = {}
 
+    handed_out: dict[str, Any] = {}
+
     @app.middleware
     async def set_request_id(ctx: AttemptContext, call_next: CallNext) -> Any:
         token = request_id.set(f"req-{ctx.args['label']}")
@@ -516,6 +519,7 @@ async def test_contextvar_set_by_middleware_is_seen_by_jobs_and_hooks(app: Soniq
             return await call_next(ctx)
         finally:
             request_id.reset(token)
+            handed_out[ctx.args["label"]] = ctx.state.get("from_job")
 
     @app.before_job
     async def async_hook(job_name: str, job_id: str, attempt: int) -> None:
@@ -536,6 +540,9 @@ async def test_contextvar_set_by_middleware_is_seen_by_jobs_and_hooks(app: Soniq
     @app.job()
     def thread_job(label: str) -> None:  # runs in a worker thread
         seen["thread-job"] = request_id.get()
+        attempt = current_attempt.get()
+        assert attempt is not None
+        attempt.state["from_job"] = "written in the thread"  # the way data goes outwards
 
     @app.job(timeout=30)
     async def timed_job(label: str) -> None:  # runs under asyncio.wait_for
@@ -563,6 +570,7 @@ async def test_contextvar_set_by_middleware_is_seen_by_jobs_and_hooks(app: Soniq
         assert seen[f"sync-hook-{job_id}"] == f"req-{label}"
     assert seen[f"error-hook-{failing}"] == "req-failing"
     assert request_id.get() is None  # nothing leaked out of the attempt
+    assert handed_out["thread"] == "written in the thread"
 
 
 # -- failure policy ---------------------------------------------------------------------------
