@@ -1,6 +1,6 @@
 """What user hooks cost: drain throughput with three no-op hooks against none, in one run.
 
-    .venv/bin/python bench/chain_overhead.py [--jobs 3000] [--repeats 9] [--hooks-per-event 1]
+    .venv/bin/python bench/chain_overhead.py [--jobs 2000] [--repeats 21] [--hooks-per-event 1]
 
 One worker (concurrency 10, ``run_once``) drains N queued no-op ``async def`` jobs; the clock
 covers the whole ``run_worker`` call. Two apps on the same scratch database differ only in their
@@ -11,6 +11,9 @@ result is the ratio of the medians, and the median of the per-pair ratios. The t
 under 5 %. Wall-clock throughput on a shared machine swings by more than that between pairs, so
 the script also prints the worker process's CPU time per job, which other load moves far less:
 what hooks cost is CPU in that process.
+
+``--hooks-per-event 0`` makes both apps identical: an A/A run, which shows the bias and noise
+of the method itself on your machine.
 
 It also times the composed chain alone (no database) for the same two setups, which says what
 the hooks add per job in microseconds.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import time
@@ -78,6 +82,7 @@ async def drain(app: Soniq, loader: Soniq, jobs: int, concurrency: int) -> tuple
     pool = await loader.pool()
     await pool.execute("TRUNCATE soniq_jobs, soniq_workers")
     await loader.enqueue_many(JOB_NAME, [{"i": i} for i in range(jobs)])
+    gc.collect()  # each drain starts without garbage left from queueing or the last drain
     started, cpu_started = time.perf_counter(), time.process_time()
     await app.run_worker(concurrency=concurrency, run_once=True, install_signal_handlers=False)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -122,15 +127,18 @@ async def main(args: argparse.Namespace) -> None:
     url = with_database(admin, name)
     plain = make_app(url, 0)
     hooked = make_app(url, args.hooks_per_event)
+    # A third app queues the jobs, so neither measured app's pool does extra work (an A/A run,
+    # --hooks-per-event 0, showed a bias against the app that was not also the loader).
+    loader = make_app(url, 0)
     try:
-        await plain.setup()
+        await loader.setup()
         rates: dict[str, list[float]] = {"plain": [], "hooked": []}
         cpus: dict[str, list[float]] = {"plain": [], "hooked": []}
         pairs: list[float] = []
         apps = {"plain": plain, "hooked": hooked}
         for rep in range(args.repeats + 1):
             order = ("plain", "hooked") if rep % 2 == 0 else ("hooked", "plain")
-            got = {v: await drain(apps[v], plain, args.jobs, args.concurrency) for v in order}
+            got = {v: await drain(apps[v], loader, args.jobs, args.concurrency) for v in order}
             if rep == 0:
                 continue  # warm-up: pools, caches, plans
             for variant, (rate, cpu) in got.items():
@@ -182,6 +190,7 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await plain.close()
         await hooked.close()
+        await loader.close()
         conn = await asyncpg.connect(admin)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -191,8 +200,8 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=3000, help="jobs per drain")
-    parser.add_argument("--repeats", type=int, default=9, help="measured pairs (after warm-up)")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs per drain")
+    parser.add_argument("--repeats", type=int, default=21, help="measured pairs (after warm-up)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--hooks-per-event", type=int, default=1,
                         help="no-op hooks on each of before_job, after_job, on_error")
