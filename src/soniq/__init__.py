@@ -16,6 +16,7 @@ from .errors import (
 from .middleware import (
     CallNext,
     EnqueueContext,
+    EnqueueNext,
     FunctionMiddleware,
     Middleware,
     MiddlewareChain,
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
     "EnqueueContext",
+    "EnqueueNext",
     "FunctionMiddleware",
     "JobArgumentsError",
     "JobContext",

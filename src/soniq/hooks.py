@@ -34,29 +34,37 @@ class Hooks:
             return run_job
 
         async def hooks_layer(ctx: AttemptContext) -> Any:
-            for hook in self.before_job:
-                await _call(hook, "before_job", ctx.job_name, ctx.job_id, ctx.attempt)
+            if self.before_job:
+                await _run(self.before_job, "before_job", (ctx.job_name, ctx.job_id, ctx.attempt))
             try:
                 result = await run_job(ctx)
             except Exception as exc:
-                error = str(exc)
-                for hook in self.on_error:
-                    await _call(hook, "on_error", ctx.job_name, ctx.job_id, error, ctx.attempt)
+                if self.on_error:
+                    await _run(
+                        self.on_error, "on_error", (ctx.job_name, ctx.job_id, str(exc), ctx.attempt)
+                    )
                 raise
-            duration_ms = ctx.duration_ms if ctx.duration_ms is not None else 0.0
-            for hook in self.after_job:
-                await _call(hook, "after_job", ctx.job_name, ctx.job_id, duration_ms)
+            if self.after_job:
+                duration_ms = ctx.duration_ms if ctx.duration_ms is not None else 0.0
+                await _run(self.after_job, "after_job", (ctx.job_name, ctx.job_id, duration_ms))
             return result
 
         return hooks_layer
 
 
-async def _call(hook: Hook, event: str, *args: Any) -> None:
-    try:
-        outcome = hook(*args)
-        # Inspected per call, as documented: a plain function, an async def, or an object whose
-        # __call__ is async all work.
-        if inspect.isawaitable(outcome):
-            await outcome
-    except Exception as exc:
-        logger.warning("Hook %s failed: %r", event, exc)
+async def _run(hooks: list[Hook], event: str, args: tuple[Any, ...]) -> None:
+    """Call one event's hooks in registration order. One coroutine per event, not per hook:
+    the common no-op hook then costs little more than the call itself."""
+    for hook in hooks:
+        try:
+            outcome = hook(*args)
+            # Inspected per call, as documented: a plain function, an async def, an object with
+            # an async __call__, or a function that only sometimes returns an awaitable.
+            if outcome is not None and inspect.isawaitable(outcome):
+                await outcome
+        except Exception as exc:
+            # The page's exact line; which hook it was rides along for structured logs.
+            logger.warning(
+                "Hook %s failed: %r", event, exc,
+                extra={"hook": getattr(hook, "__qualname__", None) or repr(hook)},
+            )

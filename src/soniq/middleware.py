@@ -123,7 +123,7 @@ class FunctionMiddleware(Middleware):
 
 
 MiddlewareRef = Middleware | type | Callable[..., Any]
-MiddlewareLike = Middleware | Callable[..., Any]
+MiddlewareLike = Middleware | type[Middleware] | Callable[..., Any]
 
 TelemetryErrorListener = Callable[[Middleware, BaseException], None]
 
@@ -144,7 +144,7 @@ class MiddlewareChain:
         return func
 
     # -- list operations ---------------------------------------------------------------
-    def add(self, middleware: Middleware | Callable[..., Any]) -> None:
+    def add(self, middleware: MiddlewareLike) -> None:
         """Append as the innermost middleware (still outside the hooks), or replace in place."""
         mw = _coerce(middleware)
         at = self._find(mw.key)
@@ -170,16 +170,18 @@ class MiddlewareChain:
         self._changed()
 
     def insert_before(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
+        """Put ``middleware`` just outside ``ref`` (a layer, its class or its function)."""
         self._insert(self._index(ref), middleware)
 
     def insert_after(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
+        """Put ``middleware`` just inside ``ref``."""
         self._insert(self._index(ref) + 1, middleware)
 
     def remove(self, ref: MiddlewareRef) -> None:
         del self._items[self._index(ref)]
         self._changed()
 
-    def replace(self, ref: MiddlewareRef, middleware: Middleware | Callable[..., Any]) -> None:
+    def replace(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
         mw = _coerce(middleware)
         index = self._index(ref)
         other = self._find(mw.key)
@@ -201,7 +203,7 @@ class MiddlewareChain:
         return f"MiddlewareChain({self._items!r})"
 
     # -- internals ---------------------------------------------------------------------
-    def _insert(self, index: int, middleware: Middleware | Callable[..., Any]) -> None:
+    def _insert(self, index: int, middleware: MiddlewareLike) -> None:
         mw = _coerce(middleware)
         existing = self._find(mw.key)
         if existing is not None:
@@ -241,12 +243,17 @@ def _key_of(ref: object) -> object:
     return ref
 
 
-def _coerce(middleware: Middleware | Callable[..., Any]) -> Middleware:
+def _coerce(middleware: MiddlewareLike) -> Middleware:
     if isinstance(middleware, Middleware):
         return middleware
-    if isinstance(middleware, type) and issubclass(middleware, Middleware):
-        return middleware()
-    if callable(middleware) and not isinstance(middleware, type):
+    if isinstance(middleware, type):
+        if issubclass(middleware, Middleware):
+            return middleware()
+        raise TypeError(
+            f"{middleware.__qualname__} is a class but not a soniq.Middleware subclass; "
+            f"subclass Middleware, or register an async function (ctx, call_next)"
+        )
+    if callable(middleware):
         return FunctionMiddleware(middleware)
     raise TypeError(f"Not a middleware: {middleware!r}")
 
@@ -323,16 +330,24 @@ def _telemetry_step(mw: Middleware, call_next: CallNext, chain: MiddlewareChain)
     async def step(ctx: AttemptContext) -> Any:
         inner = _InnerCall(call_next)
         try:
-            return await mw(ctx, inner)
+            await mw(ctx, inner)
         except Exception as exc:
             if exc is inner.error:
                 raise
             chain.report_telemetry_error(mw, exc)
+        else:
             if not inner.called:
-                return await call_next(ctx)
-            if inner.error is not None:
-                raise inner.error from None
-            return inner.result
+                chain.report_telemetry_error(
+                    mw, RuntimeError(f"{mw!r} did not call call_next; the job ran without it")
+                )
+        # A telemetry layer only observes: whatever it returned or swallowed, the attempt goes
+        # on with the inner layers' own result or error. Re-raised outside the ``except`` block
+        # so the job's exception keeps its own context chain for the recorded traceback.
+        if not inner.called:
+            return await call_next(ctx)
+        if inner.error is not None:
+            raise inner.error
+        return inner.result
 
     return step
 
@@ -349,6 +364,13 @@ def compose_enqueue(
 
 
 def _enqueue_step(mw: Middleware, call_next: EnqueueNext, chain: MiddlewareChain) -> EnqueueNext:
+    if not mw.telemetry:
+        # A user's enqueue middleware decides: what it raises fails the enqueue.
+        async def user_step(ctx: EnqueueContext) -> None:
+            await mw.enqueue(ctx, call_next)
+
+        return user_step
+
     async def step(ctx: EnqueueContext) -> None:
         called = False
         inner_error: BaseException | None = None
@@ -365,12 +387,18 @@ def _enqueue_step(mw: Middleware, call_next: EnqueueNext, chain: MiddlewareChain
         try:
             await mw.enqueue(ctx, inner)
         except Exception as exc:
-            if exc is inner_error or not mw.telemetry:
+            if exc is inner_error:
                 raise
             chain.report_telemetry_error(mw, exc)
+        else:
             if not called:
-                await call_next(ctx)
-            elif inner_error is not None:
-                raise inner_error from None
+                chain.report_telemetry_error(
+                    mw, RuntimeError(f"{mw!r} did not call call_next; the jobs were written")
+                )
+        # As for attempts: a telemetry layer never decides whether the jobs are written.
+        if not called:
+            await call_next(ctx)
+        elif inner_error is not None:
+            raise inner_error
 
     return step

@@ -110,44 +110,58 @@ class Worker:
         await self._register()
         self.app._worker_started(self)
         self._refresh_chain()
-        started = await self._lifecycle("startup", list(self.app.middleware))
-        if self.install_signal_handlers:
-            self._install_signals()
-        logger.info(
-            "Worker %s started (concurrency %d, queues %s)",
-            self.id,
-            self.concurrency,
-            ",".join(self.queues) if self.queues else "all",
-            extra={"event": "worker.started", "worker_id": self.id,
-                   "concurrency": self.concurrency, "queues": self.queues},
-        )
-        if not self.run_once:
-            self._background = [
-                asyncio.create_task(self._listen(), name="soniq-listen"),
-                asyncio.create_task(self._heartbeat(), name="soniq-heartbeat"),
-            ]
+        started: list[Middleware] = []
         try:
+            # Inside the try: a user middleware whose startup raises stops the worker, and the
+            # layers already started are shut down and the worker deregistered on the way out.
+            await self._lifecycle("startup", list(self.app.middleware), started)
+            if self.install_signal_handlers:
+                self._install_signals()
+            logger.info(
+                "Worker %s started (concurrency %d, queues %s)",
+                self.id,
+                self.concurrency,
+                ",".join(self.queues) if self.queues else "all",
+                extra={"event": "worker.started", "worker_id": self.id,
+                       "concurrency": self.concurrency, "queues": self.queues},
+            )
+            if not self.run_once:
+                self._background = [
+                    asyncio.create_task(self._listen(), name="soniq-listen"),
+                    asyncio.create_task(self._heartbeat(), name="soniq-heartbeat"),
+                ]
             await self._loop()
         finally:
             await self._shutdown()
-            await self._lifecycle("shutdown", list(reversed(started)))
-            self._restore_signals()
-            self.app._worker_stopped(self)
-            self._stopped.set()
+            try:
+                await self._lifecycle("shutdown", list(reversed(started)), [])
+            finally:
+                self._restore_signals()
+                self.app._worker_stopped(self)
+                self._stopped.set()
 
-    async def _lifecycle(self, event: str, middlewares: list[Middleware]) -> list[Middleware]:
-        """Run a startup/shutdown method on each middleware; one that fails is logged and, for
-        telemetry layers, never stops the worker."""
-        done = []
+    async def _lifecycle(self, event: str, middlewares: list[Middleware],
+                         done: list[Middleware]) -> None:
+        """Run a startup/shutdown method on each middleware, appending each to ``done``.
+
+        A telemetry layer's failure is reported and never stops the worker. A user middleware's
+        startup failure stops the startup at once; at shutdown every layer still gets its call
+        and the first user failure is raised after the last one.
+        """
+        failure: Exception | None = None
         for mw in middlewares:
             try:
                 await getattr(mw, event)(self)
             except Exception as exc:
-                if not mw.telemetry:
+                if mw.telemetry:
+                    self.app.middleware.report_telemetry_error(mw, exc)
+                elif event == "startup":
                     raise
-                self.app.middleware.report_telemetry_error(mw, exc)
+                elif failure is None:
+                    failure = exc
             done.append(mw)
-        return done
+        if failure is not None:
+            raise failure
 
     # -- main loop -------------------------------------------------------------------------
     async def _loop(self) -> None:
