@@ -151,7 +151,7 @@ async def test_only_one_process_of_a_fleet_reports_and_another_takes_over(
 async def test_a_slow_database_never_hangs_a_scrape(
     app: Soniq, db: asyncpg.Connection[Any]
 ) -> None:
-    app.instrument(prometheus=PrometheusConfig(queue_state_ttl=0, queue_state_timeout=0.5))
+    app.instrument(prometheus=PrometheusConfig(queue_state_ttl=0, queue_state_timeout=2.0))
     layer = metrics_of(app)
     assert layer is not None
     try:

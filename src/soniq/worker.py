@@ -193,7 +193,7 @@ class Worker:
                 self._start(row)
             if rows and len(rows) == free:
                 continue  # slots are full now; the next finished job wakes us
-            if any(f.status == "queued" for f in finished):
+            if any(f.status == "queued" and not f.refund for f in finished):
                 # A job just put back (retry, refund) was invisible to this statement's claim,
                 # which saw the table as it was before the finish: look again at once.
                 continue
