@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -108,10 +109,9 @@ async def produce(
     while not stop.is_set() and (ticks is None or tick < ticks):
         await enqueue_tick(soniq, tick)
         tick += 1
-        try:
+        # Sleep for the interval, but wake at once when asked to stop.
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except asyncio.TimeoutError:
-            pass
     return tick
 
 
