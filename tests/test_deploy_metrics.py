@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +28,12 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from tests.test_deploy_queries import all_queries, problems
+from tests.test_deploy_queries import all_queries, dashboard_queries, problems
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "deploy" / "compose.yaml"
-DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "datasources.yaml"
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "datasources.yaml"
 DEADLINE = 90.0
 OUTCOMES = {"done", "retry", "dead_letter"}
 
@@ -219,3 +221,136 @@ def test_exemplars_carry_the_trace_id_label_grafana_links_to_jaeger(stack: Stack
     found = _poll(stack, exemplars, "exemplars on soniq_job_duration_seconds")
     for exemplar in found:
         assert re.fullmatch(r"[0-9a-f]{32}", exemplar.labels[link["name"]]), exemplar
+
+
+# -- a real Prometheus scraping them, with deploy/'s rules ------------------------------------
+
+# Grafana's macros and variables, as Grafana would fill them in for "All" over a short range.
+GRAFANA_VALUES = {
+    "$__rate_interval": "15s",
+    "$__interval": "15s",
+    "$__range": "5m",
+    "$queue": ".*",
+    "$job_name": ".*",
+}
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's Prometheus server with deploy/prometheus/prometheus.yml and alerts.yml, its
+    targets pointed at the stack's worker and producer, scraping and evaluating every second."""
+    binary = shutil.which("prometheus")
+    assert binary, "the prometheus server is missing: apt-get install prometheus (.ci/run does)"
+    folder = tmp_path_factory.mktemp("prometheus")
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(DEPLOY / "prometheus" / name) for name in config["rule_files"]]
+    targets = {"soniq": stack.worker_url, "soniq-producer": stack.producer_url}
+    for job in config["scrape_configs"]:
+        # Same job names, relabelling and rules; only the service discovery differs from Docker.
+        job.pop("dns_sd_configs", None)
+        job["static_configs"] = [{"targets": [targets[job["job_name"]].split("/")[2]]}]
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (folder / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack.procs["prometheus"] = proc
+    stack.logs["prometheus"] = folder / "prometheus.log"
+    try:
+        _poll(
+            stack,
+            lambda: (httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, None),
+            "Prometheus to be ready",
+        )
+        yield url
+    finally:
+        del stack.procs["prometheus"]
+        _stop(proc)
+        log.close()
+
+
+def _api(url: str, path: str, **params: str) -> Any:
+    body = httpx.get(f"{url}/api/v1/{path}", params=params, timeout=10).json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_a_real_prometheus_answers_every_dashboard_query(stack: Stack, prometheus: str) -> None:
+    exprs = {}
+    for query in dashboard_queries():
+        if query.variable_label is None:
+            expr = query.expr
+            for macro, value in GRAFANA_VALUES.items():
+                expr = expr.replace(macro, value)
+            exprs[query.where] = expr
+
+    def check() -> tuple[bool, list[str]]:
+        empty = [
+            f"{where}: {expr}"
+            for where, expr in exprs.items()
+            if not _api(prometheus, "query", query=expr)["result"]
+        ]
+        return not empty, empty
+
+    _poll(stack, check, "every dashboard query to return data")
+
+
+def test_a_real_prometheus_loads_the_rules_and_fires_on_the_dead_letter(
+    stack: Stack, prometheus: str
+) -> None:
+    groups = _api(prometheus, "rules")["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert len(rules) == 7
+
+    def firing() -> tuple[bool, Any]:
+        rules = {r["name"]: r for g in _api(prometheus, "rules")["groups"] for r in g["rules"]}
+        # Evaluated without errors (a many-to-many match or a bad function would show here).
+        broken = {name: r.get("lastError") for name, r in rules.items() if r["health"] != "ok"}
+        alerts = _api(prometheus, "alerts")["alerts"]
+        dead = [
+            a
+            for a in alerts
+            if a["labels"]["alertname"] == "SoniqJobDeadLettered" and a["state"] == "firing"
+        ]
+        return not broken and bool(dead), (broken, dead, alerts)
+
+    _, dead, alerts = _poll(stack, firing, "SoniqJobDeadLettered to fire")
+    assert {a["labels"]["job_name"] for a in dead} == {"orders.process"}
+    # The stack is healthy otherwise: a live worker, nothing old in the queues.
+    quiet = {"SoniqNoLiveWorkers", "SoniqWorkerMetricsDown", "SoniqOldestReadyJobTooOld"}
+    assert not [a for a in alerts if a["labels"]["alertname"] in quiet]
+
+
+def test_a_real_prometheus_stores_exemplars_that_name_a_trace(
+    stack: Stack, prometheus: str
+) -> None:
+    sources = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    [source] = [s for s in sources if s["type"] == "prometheus"]
+    [link] = source["jsonData"]["exemplarTraceIdDestinations"]
+
+    def stored() -> tuple[bool, list[Any]]:
+        now = time.time()
+        data = _api(
+            prometheus,
+            "query_exemplars",
+            query="soniq_job_duration_seconds_bucket",
+            start=str(now - 300),
+            end=str(now),
+        )
+        found = [e for series in data for e in series["exemplars"]]
+        return bool(found), found
+
+    exemplars = _poll(stack, stored, "Prometheus to store exemplars")
+    for exemplar in exemplars:
+        assert re.fullmatch(r"[0-9a-f]{32}", exemplar["labels"][link["name"]]), exemplar
