@@ -14,7 +14,9 @@ from soniq import Soniq
 app = Soniq()
 
 
-@app.job(queue="emails", max_retries=3)
+# An explicit name: run as a script this module is `__main__`, imported by a worker it is
+# `examples.quickstart`, and both must agree on what the job is called.
+@app.job(name="emails.send_welcome", queue="emails", max_retries=3)
 async def send_welcome(user_id: int, address: str) -> str:
     # Your work goes here: call an API, render a template, write a file...
     return f"welcome mail sent to {address} (user {user_id})"
@@ -27,7 +29,7 @@ async def main() -> None:
         job_id = await app.enqueue(send_welcome, user_id=1, address="ada@example.com")
         print(f"enqueued {job_id}")
 
-        # In production the worker is its own process: `soniq worker quickstart:app`.
+        # In production the worker is its own process: `soniq worker examples.quickstart:app`.
         # Here it runs until the queue is empty, then returns.
         await app.run_worker(run_once=True, install_signal_handlers=False)
 

@@ -59,7 +59,7 @@ async def test_quickstart_runs_as_a_user_runs_it(clean_db: str, db: asyncpg.Conn
     assert lines[-1] == "done after 1 attempt(s): welcome mail sent to ada@example.com (user 1)"
     row = await db.fetchrow("SELECT status, job_name, queue FROM soniq_jobs WHERE id = $1", job_id)
     assert row is not None
-    assert dict(row) == {"status": "done", "job_name": "__main__.send_welcome", "queue": "emails"}
+    assert dict(row) == {"status": "done", "job_name": "emails.send_welcome", "queue": "emails"}
 
 
 # -- compose_app.py ---------------------------------------------------------------------------
