@@ -366,3 +366,26 @@ def test_collector_config_receives_otlp_and_exports_to_jaeger() -> None:
     assert traces["processors"][0] == "memory_limiter" and traces["processors"][-1] == "batch"
     jaeger = config["exporters"]["otlp/jaeger"]
     assert "otlp/jaeger" in traces["exporters"] and jaeger["endpoint"] == "jaeger:4317"
+
+
+# -- documentation ----------------------------------------------------------------------------
+
+# Pages the other guides add; every other link must point at a file in this repository.
+SIBLING_GUIDES = {
+    "tracing.md",
+    "metrics.md",
+    "logs.md",
+    "hooks-and-middleware.md",
+    "reliability.md",
+}
+
+
+def test_deployment_docs_link_to_files_that_exist() -> None:
+    checked = 0
+    for page in (ROOT / "docs" / "deployment.md", DEPLOY / "README.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")) or target in SIBLING_GUIDES:
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+            checked += 1
+    assert checked >= 12
