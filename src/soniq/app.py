@@ -25,6 +25,7 @@ from .settings import Settings, load_settings
 from .store import Store
 
 if TYPE_CHECKING:
+    from .middleware import Connection
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,7 +182,7 @@ class Soniq:
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: asyncpg.Connection[Any] | None = None,
+        connection: Connection | None = None,
         **kwargs: Any,
     ) -> str:
         """Write one job; returns its id. With ``connection=``, inside the caller's transaction."""
@@ -198,7 +199,7 @@ class Soniq:
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: asyncpg.Connection[Any] | None = None,
+        connection: Connection | None = None,
     ) -> list[str]:
         """Write a batch of one job in one statement; returns the ids in order."""
         spec = self._spec_of(job)

@@ -18,6 +18,10 @@ from .context import AttemptContext
 
 if TYPE_CHECKING:
     import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    #: A caller's connection: a plain one, or one acquired from an asyncpg pool.
+    Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 
     from .registry import JobSpec
     from .worker import Worker
@@ -51,7 +55,7 @@ class EnqueueContext:
 
     jobs: list[PendingJob]
     batch: bool
-    connection: asyncpg.Connection[Any] | None = None
+    connection: Connection | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
 

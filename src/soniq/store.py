@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -15,6 +15,9 @@ from . import sql
 from .database import mask_url
 from .errors import DatabaseUnavailable, SchemaError
 from .middleware import PendingJob
+
+if TYPE_CHECKING:
+    from .middleware import Connection
 
 logger = logging.getLogger("soniq")
 
@@ -149,7 +152,7 @@ class Store:
             logger.info("Soniq schema migrated to version %d", sql.SCHEMA_VERSION)
         return applied
 
-    async def check_schema(self, conn: asyncpg.Connection[Any] | None = None) -> None:
+    async def check_schema(self, conn: Connection | None = None) -> None:
         if self._schema_checked:
             return
         if conn is None:
@@ -172,7 +175,7 @@ class Store:
 
     # -- enqueue ---------------------------------------------------------------------------
     async def insert(
-        self, jobs: Sequence[PendingJob], conn: asyncpg.Connection[Any] | None
+        self, jobs: Sequence[PendingJob], conn: Connection | None
     ) -> None:
         await self.check_schema(conn)
         if len(jobs) == 1:
