@@ -295,17 +295,10 @@ def _settling(call_next: CallNext) -> CallNext:
 
 
 def _step(mw: Middleware, call_next: CallNext) -> CallNext:
-    async def step(ctx: AttemptContext) -> Any:
-        try:
-            result = await mw(ctx, call_next)
-        except Exception as exc:
-            ctx.settle_failure(exc)
-            raise
-        if ctx.outcome != "done":
-            ctx.settle_success(result)
-        return result
+    def layer(ctx: AttemptContext) -> Awaitable[Any]:
+        return mw(ctx, call_next)
 
-    return step
+    return _settling(layer)
 
 
 class _InnerCall:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import AttemptContext, Outcome
 from ..middleware import CallNext, Middleware
-from .context_filter import attach_context_filter, attempt_in_chain, trace_ids
+from .context_filter import attach_context_filter, attempt_fields, attempt_in_chain, trace_ids
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -115,10 +115,7 @@ class LogMiddleware(Middleware):
 
 def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
     return {
-        "job_id": ctx.job_id,
-        "job_name": ctx.job_name,
-        "queue": ctx.queue,
-        "attempt": ctx.attempt,
+        **attempt_fields(ctx),
         "max_attempts": ctx.max_attempts,
         "queue_wait_ms": round(ctx.queue_wait_s * 1000.0, 3),
         "worker_id": ctx.worker_id,
