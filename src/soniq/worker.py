@@ -369,40 +369,62 @@ class Worker:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)
 
-    async def _register(self) -> None:
-        pool = await self._store.pool()
-        await pool.execute(
+    async def _register(self, conn: asyncpg.Connection[Any] | None = None) -> None:
+        target = conn if conn is not None else await self._store.pool()
+        await target.execute(
             sql.REGISTER_WORKER,
             self.id,
             socket.gethostname(),
             os.getpid(),
             self.queues,
             self.concurrency,
+            timeout=self._store.command_timeout,
         )
 
     async def _heartbeat(self) -> None:
+        """Beat until cancelled, which ``_shutdown`` does only once no job is left running:
+        jobs finishing in the grace period keep their lease too.
+
+        The beat has a connection of its own. On the pool it would queue behind jobs that hold
+        pool connections (long transactions), and a live worker would lose its jobs to another.
+        """
         last_purge = 0.0
         loop = asyncio.get_running_loop()
-        while not self._stopping:
-            try:
-                await self._beat_once()
-                if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
-                    last_purge = loop.time()
-                    pool = await self._store.pool()
-                    await pool.execute(sql.PURGE_FINISHED, self.done_retention)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("Worker heartbeat failed (%s: %s)", type(exc).__name__, exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), self.heartbeat_interval)
+        conn: asyncpg.Connection[Any] | None = None
+        try:
+            while True:
+                started = loop.time()
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await self._store.connect()
+                    await self._beat_once(conn)
+                    if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
+                        last_purge = loop.time()
+                        await conn.execute(sql.PURGE_FINISHED, self.done_retention,
+                                           timeout=self._store.command_timeout)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning("Worker heartbeat failed (%s: %s)", type(exc).__name__, exc,
+                                   extra={"event": "worker.heartbeat_failed"})
+                    if conn is not None:
+                        conn.terminate()  # a fresh connection next time, not a wedged one
+                        conn = None
+                # A steady cadence: the time the beat itself took comes off the wait.
+                await asyncio.sleep(max(0.0, self.heartbeat_interval - (loop.time() - started)))
+        finally:
+            if conn is not None:
+                conn.terminate()
 
-    async def _beat_once(self) -> None:
-        pool = await self._store.pool()
-        if await pool.fetchval(sql.HEARTBEAT, self.id) is None:
+    async def _beat_once(self, conn: asyncpg.Connection[Any]) -> None:
+        # Each statement is bounded by the beat interval: a beat stuck on a half-dead socket
+        # is abandoned (and the connection replaced) well before the lease runs out.
+        timeout = max(self.heartbeat_interval, 0.5)
+        if await conn.fetchval(sql.HEARTBEAT, self.id, timeout=timeout) is None:
             # Our row was removed as dead during a long outage: come back to life.
-            await self._register()
-        recovered = await pool.fetch(sql.RECOVER_LOST_JOBS, self.lease_seconds)
+            await self._register(conn)
+        recovered = await conn.fetch(sql.RECOVER_LOST_JOBS, self.lease_seconds,
+                                     timeout=self._store.command_timeout)
         for row in recovered:
             logger.warning(
                 "Job %s (%s) lost its worker; %s",
@@ -411,11 +433,14 @@ class Worker:
                 "moved to the dead-letter queue (attempts exhausted)"
                 if row["status"] == "dead_letter"
                 else "queued to run again",
+                extra={"event": "job.worker_lost", "job_id": str(row["id"])},
             )
         if recovered:
             self._wake.set()
-        await pool.execute(sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10)
-        unknown = await pool.fetch(sql.UNKNOWN_READY_NAMES, self.queues, self._known_names)
+        await conn.execute(sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10,
+                           timeout=self._store.command_timeout)
+        unknown = await conn.fetch(sql.UNKNOWN_READY_NAMES, self.queues, self._known_names,
+                                   timeout=self._store.command_timeout)
         for row in unknown:
             name = row[0]
             if name not in self._warned_unknown:
@@ -424,6 +449,7 @@ class Worker:
                     "Jobs named %r are waiting but this worker does not know that job; it "
                     "leaves them for a worker that does (is the module with it imported?)",
                     name,
+                    extra={"event": "worker.unknown_job", "job_name": name},
                 )
 
     # -- shutdown --------------------------------------------------------------------------

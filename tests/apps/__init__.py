@@ -1,0 +1,1 @@
+"""Soniq apps and helpers for tests that run workers as real processes."""
