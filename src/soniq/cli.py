@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib
 import json
 import logging
@@ -163,13 +164,25 @@ def worker(
         app.instrument(prometheus=True)
     queue_list = [q for q in queues.split(",") if q.strip()] if queues else None
 
+    held: frozenset[str] = frozenset()
+
     async def go() -> None:
+        nonlocal held
         try:
-            await app.run_worker(concurrency=concurrency, queues=queue_list)
+            worker = app.worker(concurrency=concurrency, queues=queue_list)
+            await worker.run()
+            held = worker.held_jobs
         finally:
             await app.close()
 
     _run(go)
+    if held:
+        # Threads still run those jobs and Python would wait for them at exit, long after
+        # their lease ran out and another worker took them. End the process (and the threads)
+        # now; exit hooks still run so telemetry is flushed.
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        os._exit(0)
 
 
 def _run_processes(

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +21,9 @@ class JobExecutor:
     def __init__(self, threads: int) -> None:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        # Jobs whose function is running in a thread right now. Cancelling the attempt does
+        # not stop a thread, so shutdown asks here which jobs are still really running.
+        self.busy_threads: set[str] = set()
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -31,6 +35,19 @@ class JobExecutor:
             # Threads cannot be killed; do not wait for ones still running past a timeout.
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+    def _in_thread(
+        self,
+        job_id: str,
+        context: contextvars.Context,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        self.busy_threads.add(job_id)
+        try:
+            return context.run(func, **kwargs)
+        finally:
+            self.busy_threads.discard(job_id)
 
     async def __call__(self, ctx: AttemptContext) -> Any:
         spec = ctx.spec
@@ -46,7 +63,9 @@ class JobExecutor:
                 loop = asyncio.get_running_loop()
                 call = loop.run_in_executor(
                     self._thread_pool(),
-                    functools.partial(contextvars.copy_context().run, spec.func, **kwargs),
+                    functools.partial(
+                        self._in_thread, ctx.job_id, contextvars.copy_context(), spec.func, kwargs
+                    ),
                 )
             if spec.timeout is None:
                 return await call

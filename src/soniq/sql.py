@@ -241,6 +241,13 @@ UPDATE soniq_jobs SET status = 'queued', attempts = attempts - 1, worker_id = NU
 WHERE worker_id = $1 AND status = 'processing' AND id <> ALL($2::uuid[])
 """
 
+# Shutdown: jobs whose attempt cannot be interrupted (a thread) stay held by the exiting worker
+# with the attempt refunded in advance; lease recovery then returns them, counting it again.
+REFUND_HELD = """
+UPDATE soniq_jobs SET attempts = attempts - 1
+WHERE worker_id = $1 AND status = 'processing' AND id = ANY($2::uuid[])
+"""
+
 UNKNOWN_READY_NAMES = """
 SELECT DISTINCT job_name FROM soniq_jobs
 WHERE status = 'queued' AND scheduled_at <= now()

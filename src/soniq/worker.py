@@ -89,6 +89,7 @@ class Worker:
         self._known_names: list[str] = []
         self._warned_unknown: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._held: set[str] = set()
         self._previous_handlers: dict[int, Any] = {}
 
     # -- public ----------------------------------------------------------------------------
@@ -291,7 +292,10 @@ class Worker:
             result = await self._call(ctx)
         except asyncio.CancelledError:
             # Only shutdown cancels attempts: the job goes back without using up an attempt.
-            self._record(Finished(ctx.job_id, "queued", refund=1))
+            if ctx.job_id in self._executor.busy_threads:
+                self._held.add(ctx.job_id)  # its thread runs on; see _flush_final
+            else:
+                self._record(Finished(ctx.job_id, "queued", refund=1))
             return
         except Exception as exc:
             if ctx.outcome is None or ctx.error is not exc:
@@ -468,6 +472,18 @@ class Worker:
                     self.grace_period,
                 )
                 await asyncio.wait(pending, timeout=5)
+            # An attempt that ignored its cancellation is still running: like a thread, it
+            # keeps its job until this process is gone.
+            self._held.update(job_id for job_id, task in self._running.items() if not task.done())
+            if self._held:
+                logger.warning(
+                    "%d job(s) cannot be interrupted (plain `def` jobs run in threads); they "
+                    "stay with this worker, their attempt refunded, and go back to the queue "
+                    "when its lease runs out (%.3gs), once this process has exited",
+                    len(self._held),
+                    self.lease_seconds,
+                    extra={"event": "worker.jobs_held"},
+                )
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -476,7 +492,14 @@ class Worker:
         await self._flush_final()
         self._executor.shutdown()
 
+    @property
+    def held_jobs(self) -> frozenset[str]:
+        """Jobs still running in threads after shutdown; the process should exit now so that
+        they stop before their lease runs out (``soniq worker`` does)."""
+        return frozenset(self._held)
+
     async def _flush_final(self) -> None:
+        held = list(self._held)
         for delay in (0, 0.5, 1, 2):
             if delay:
                 await asyncio.sleep(delay)
@@ -484,8 +507,18 @@ class Worker:
                 finished, self._finished = self._finished, []
                 await self._round_trip(finished, 0)
                 pool = await self._store.pool()
-                await pool.execute(sql.RELEASE_UNTRACKED, self.id, [])
-                await pool.execute(sql.DEREGISTER_WORKER, self.id)
+                await pool.execute(sql.RELEASE_UNTRACKED, self.id, held,
+                                   timeout=self._store.command_timeout)
+                if held:
+                    # Handing these back now would let another worker start one while our
+                    # thread still runs it. They stay ours, the attempt refunded in advance,
+                    # and the lease (which counts an attempt) returns them after we are gone;
+                    # so the worker row stays too, for the lease to expire.
+                    await pool.execute(sql.REFUND_HELD, self.id, held,
+                                       timeout=self._store.command_timeout)
+                else:
+                    await pool.execute(sql.DEREGISTER_WORKER, self.id,
+                                       timeout=self._store.command_timeout)
                 return
             except CONNECTION_ERRORS as exc:
                 self._finished[:0] = finished

@@ -62,6 +62,11 @@ class Fleet:
     ) -> None:
         for worker in self.started:
             worker.kill()
+        if exc is not None:
+            # Shown by pytest with the failure: what each worker said.
+            for worker in self.started:
+                print(f"--- worker {worker.pid} (exit {worker.proc.returncode}) ---")
+                print(worker.log())
         for worker in self.started:
             if worker.proc.stdout is not None:
                 worker.proc.stdout.close()
