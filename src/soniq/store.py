@@ -29,6 +29,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # Raised now and then when the server ends a session mid-statement (seen in the restart
+    # fault test, asyncpg issues #784/#1069); the pool replaces the connection by itself.
+    asyncpg.InternalClientError,
 )
 
 SETUP_HINT = "run `soniq setup` (or `await app.setup()`) against this database"

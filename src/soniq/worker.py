@@ -347,6 +347,7 @@ class Worker:
 
     async def _listen(self) -> None:
         backoff = 0.25
+        interrupted = False
         while not self._stopping:
             conn: asyncpg.Connection[Any] | None = None
             try:
@@ -354,6 +355,10 @@ class Worker:
                 lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
+                if interrupted:
+                    logger.info("LISTEN connection restored; worker %s hears new jobs again",
+                                self.id, extra={"event": "worker.listen_restored"})
+                interrupted = False
                 backoff = 0.25
                 self._wake.set()  # anything enqueued while we were not listening
                 while not lost.is_set() and not self._stopping:
@@ -362,10 +367,14 @@ class Worker:
                     if not lost.is_set() and not self._stopping:
                         # An idle socket may die silently; a ping notices.
                         await conn.execute("SELECT 1", timeout=self._store.connect_timeout)
+                if lost.is_set() and not self._stopping:
+                    raise ConnectionError("the server closed the connection")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("LISTEN connection lost (%s); reconnecting in %.2gs", exc, backoff)
+                interrupted = True
+                logger.warning("LISTEN connection lost (%s); reconnecting in %.2gs", exc, backoff,
+                               extra={"event": "worker.listen_lost"})
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_OUTAGE_BACKOFF, backoff * 2)
             finally:
@@ -395,13 +404,24 @@ class Worker:
         last_purge = 0.0
         loop = asyncio.get_running_loop()
         conn: asyncpg.Connection[Any] | None = None
+        # Since when this worker has been beating without a failure. Nobody can beat while the
+        # database is unreachable, so right after an outage every heartbeat looks stale: only
+        # a worker that has itself been beating for a whole lease, which gives every live
+        # worker time to beat again, may declare others dead. (At start-up too: a worker that
+        # has just connected cannot yet tell a dead neighbour from one still reconnecting.)
+        beating_since: float | None = None
         try:
             while True:
                 started = loop.time()
                 try:
                     if conn is None or conn.is_closed():
                         conn = await self._store.connect()
-                    await self._beat_once(conn)
+                    judge = beating_since is not None and (
+                        started - beating_since >= self.lease_seconds
+                    )
+                    await self._beat_once(conn, recover=judge)
+                    if beating_since is None:
+                        beating_since = started
                     if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
                         last_purge = loop.time()
                         await conn.execute(sql.PURGE_FINISHED, self.done_retention,
@@ -409,6 +429,7 @@ class Worker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    beating_since = None
                     logger.warning("Worker heartbeat failed (%s: %s)", type(exc).__name__, exc,
                                    extra={"event": "worker.heartbeat_failed"})
                     if conn is not None:
@@ -420,13 +441,29 @@ class Worker:
             if conn is not None:
                 conn.terminate()
 
-    async def _beat_once(self, conn: asyncpg.Connection[Any]) -> None:
+    async def _beat_once(self, conn: asyncpg.Connection[Any], *, recover: bool = True) -> None:
         # Each statement is bounded by the beat interval: a beat stuck on a half-dead socket
         # is abandoned (and the connection replaced) well before the lease runs out.
         timeout = max(self.heartbeat_interval, 0.5)
         if await conn.fetchval(sql.HEARTBEAT, self.id, timeout=timeout) is None:
             # Our row was removed as dead during a long outage: come back to life.
             await self._register(conn)
+        if recover:
+            await self._recover_lost(conn)
+        unknown = await conn.fetch(sql.UNKNOWN_READY_NAMES, self.queues, self._known_names,
+                                   timeout=self._store.command_timeout)
+        for row in unknown:
+            name = row[0]
+            if name not in self._warned_unknown:
+                self._warned_unknown.add(name)
+                logger.warning(
+                    "Jobs named %r are waiting but this worker does not know that job; it "
+                    "leaves them for a worker that does (is the module with it imported?)",
+                    name,
+                    extra={"event": "worker.unknown_job", "job_name": name},
+                )
+
+    async def _recover_lost(self, conn: asyncpg.Connection[Any]) -> None:
         recovered = await conn.fetch(sql.RECOVER_LOST_JOBS, self.lease_seconds,
                                      timeout=self._store.command_timeout)
         for row in recovered:
@@ -443,18 +480,6 @@ class Worker:
             self._wake.set()
         await conn.execute(sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10,
                            timeout=self._store.command_timeout)
-        unknown = await conn.fetch(sql.UNKNOWN_READY_NAMES, self.queues, self._known_names,
-                                   timeout=self._store.command_timeout)
-        for row in unknown:
-            name = row[0]
-            if name not in self._warned_unknown:
-                self._warned_unknown.add(name)
-                logger.warning(
-                    "Jobs named %r are waiting but this worker does not know that job; it "
-                    "leaves them for a worker that does (is the module with it imported?)",
-                    name,
-                    extra={"event": "worker.unknown_job", "job_name": name},
-                )
 
     # -- shutdown --------------------------------------------------------------------------
     async def _shutdown(self) -> None:

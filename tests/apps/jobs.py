@@ -38,8 +38,8 @@ WHERE job_id = $1 AND attempt = $2 AND pid = $3
 """
 
 
-def build(database_url: str | None = None) -> Soniq:
-    app = Soniq(database_url)
+def build(database_url: str | None = None, **settings: object) -> Soniq:
+    app = Soniq(database_url, **settings)
 
     async def started(ctx: JobContext) -> int:
         """Record the start; returns how many attempts of this job have started so far."""
@@ -105,6 +105,11 @@ def build(database_url: str | None = None) -> Soniq:
         await asyncio.sleep(random.uniform(0, 0.02))
         await ended(ctx)
         return n
+
+    @app.job(name="nap", max_retries=0)
+    async def nap(seconds: float) -> None:
+        """Touches no database itself: any failure around it is Soniq's."""
+        await asyncio.sleep(seconds)
 
     @app.job(name="noop", max_retries=0)
     async def noop(n: int) -> None:

