@@ -152,7 +152,8 @@ async def test_an_outage_longer_than_the_lease_costs_no_live_worker_its_jobs(
         await asyncio.sleep(lease * 2)  # the outage itself, longer than the lease
         await asyncio.to_thread(private_server.start)
 
-        jobs = [await wait_status(producer, j, "done", timeout=30) for j in spanning + ending_inside]
+        jobs = [await wait_status(producer, j, "done", timeout=30)
+                for j in spanning + ending_inside]
         conn = await asyncpg.connect(url)
         try:
             attempts = [await attempts_of(conn, j) for j in spanning]
