@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from soniq import DatabaseUnavailable, Soniq
 from tests.apps.jobs import build
 from tests.apps.pgserver import PrivateServer
 from tests.apps.procs import Fleet, WorkerProcess, attempts_of, reset_attempts
-from tests.support.waiting import wait_status, wait_until
+from tests.support.waiting import running_worker, wait_status, wait_until
 
 CONNECT_TIMEOUT = 2.0
 
@@ -164,3 +165,38 @@ async def test_an_outage_longer_than_the_lease_costs_no_live_worker_its_jobs(
     assert [j["attempts"] for j in jobs] == [1] * 6
     assert [len(rows) for rows in attempts] == [1, 1, 1]  # each ran once, never twice
     assert not any("lost its worker" in log for log in logs), logs
+
+
+async def test_jobs_claimed_by_the_first_round_trip_after_an_outage_stay_claimed(
+    private_server: PrivateServer, producer: Soniq, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an outage the worker releases claims it may have lost in flight; the jobs its
+    first successful round trip has just claimed are not among those."""
+    caplog.set_level(logging.INFO, logger="soniq")
+    app = Soniq(private_server.url, lease_seconds=30, poll_interval=0.2,
+                connect_timeout=CONNECT_TIMEOUT)
+    running = asyncio.Event()
+
+    @app.job(name="watched")
+    async def watched() -> None:
+        running.set()
+        await asyncio.sleep(3)
+
+    try:
+        async with running_worker(app) as worker:
+            await asyncio.to_thread(private_server.stop)
+            # The worker backs off a little longer each time; once it waits two seconds the
+            # job below is surely ready when its first round trip after the outage comes.
+            await wait_until(lambda: "retries in 2s" in caplog.text, timeout=30,
+                             what="the worker to back off")
+            await asyncio.to_thread(private_server.start)
+            job_id = await app.enqueue("watched")
+            await asyncio.wait_for(running.wait(), 30)
+            job = await producer.get_job(job_id)
+            assert job is not None
+            assert (job["status"], job["worker_id"], job["attempts"]) == (
+                "processing", worker.id, 1
+            )
+            await wait_status(producer, job_id, "done", timeout=15)
+    finally:
+        await app.close()

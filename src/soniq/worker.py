@@ -187,11 +187,12 @@ class Worker:
                 )
                 await self._sleep(outage_backoff)
                 continue
-            if outage_backoff:
-                outage_backoff = 0.0
-                await self._after_outage()
             for row in rows:
                 self._start(row)
+            if outage_backoff:
+                # After _start: the rows just claimed are running, not claims lost in flight.
+                outage_backoff = 0.0
+                await self._after_outage()
             if rows and len(rows) == free:
                 continue  # slots are full now; the next finished job wakes us
             if any(f.status == "queued" and not f.refund for f in finished):
