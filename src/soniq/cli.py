@@ -40,6 +40,9 @@ def load_app(path: str) -> Soniq:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
+    except SoniqError as exc:
+        # e.g. Soniq() at import time refusing SONIQ_DATABASE_URL or SONIQ_CONCURRENCY
+        raise click.ClickException(f"{module_name}: {exc}") from exc
     app = getattr(module, attr, None)
     if not isinstance(app, Soniq):
         raise click.BadParameter(

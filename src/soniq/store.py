@@ -13,7 +13,7 @@ import asyncpg
 
 from . import sql
 from .database import mask_url
-from .errors import DatabaseUnavailable, SchemaError
+from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
 from .middleware import PendingJob
 
 if TYPE_CHECKING:
@@ -33,6 +33,20 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # fault test, asyncpg issues #784/#1069); the pool replaces the connection by itself.
     asyncpg.InternalClientError,
 )
+
+# The database refused a value: text with NUL or an unpaired surrogate, a number out of its
+# column's range, a value over a size limit. About the data, never the connection, so no
+# retry helps (asyncpg raises DataError for its own client-side checks too).
+BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+)
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL and unpaired surrogates written as escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 SETUP_HINT = "run `soniq setup` (or `await app.setup()`) against this database"
 
@@ -208,13 +222,21 @@ class Store:
                 [j.delay_s for j in jobs],
                 [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
             )
-        if conn is not None:
-            await conn.execute(query, *args)
-            return
-        pool = await self.pool()
         try:
+            if conn is not None:
+                await conn.execute(query, *args)
+                return
+            pool = await self.pool()
             await pool.execute(query, *args, timeout=self.command_timeout)
+        except BAD_DATA_ERRORS as exc:
+            names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
+            raise JobArgumentsError(
+                f"Job {names} cannot be stored: {exc}. Strings may not contain NUL characters "
+                f"(\\x00) or unpaired surrogates, and priority is a 32-bit integer"
+            ) from None
         except CONNECTION_ERRORS as exc:
+            if conn is not None:
+                raise  # the caller's own connection: theirs to handle
             raise self.unavailable(exc) from exc
 
     # -- inspection ------------------------------------------------------------------------

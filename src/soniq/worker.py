@@ -26,7 +26,14 @@ from .context import AttemptContext
 from .errors import ConfigurationError
 from .executor import JobExecutor
 from .middleware import CallNext, Middleware, compose
-from .store import CONNECTION_ERRORS, Finished, Store, parse_trace_context
+from .store import (
+    BAD_DATA_ERRORS,
+    CONNECTION_ERRORS,
+    Finished,
+    Store,
+    parse_trace_context,
+    storable_text,
+)
 
 if TYPE_CHECKING:
     from .app import Soniq
@@ -174,6 +181,9 @@ class Worker:
             finished, self._finished = self._finished, []
             try:
                 rows = await self._round_trip(finished, free)
+            except BAD_DATA_ERRORS as exc:
+                await self._finish_separately(finished, exc)
+                continue
             except CONNECTION_ERRORS as exc:
                 self._finished[:0] = finished
                 outage_backoff = min(_MAX_OUTAGE_BACKOFF, max(0.25, outage_backoff * 2))
@@ -328,7 +338,7 @@ class Worker:
             return None
         try:
             return json.dumps(result, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # TypeError, ValueError, RecursionError (too deep) ...
             logger.warning(
                 "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
                 "the job counts as done and its result is not kept",
@@ -337,6 +347,32 @@ class Worker:
                 exc,
             )
             return None
+
+    async def _finish_separately(self, finished: list[Finished], exc: BaseException) -> None:
+        """The database refused a round trip's data. One unstorable result or error text must
+        neither stop the worker nor lose the other results: write them one at a time, and a
+        refused one without its result and with its texts escaped."""
+        if not finished:
+            raise exc  # nothing of ours in it: the claim itself is refused (bad queue names?)
+        for i, one in enumerate(finished):
+            try:
+                try:
+                    await self._round_trip([one], 0)
+                except BAD_DATA_ERRORS as refused:
+                    logger.warning(
+                        "Job %s: the database cannot store its %s (%s); %s",
+                        one.id,
+                        "result" if one.result is not None else "error text",
+                        refused,
+                        "the job counts as done and its result is not kept"
+                        if one.status == "done"
+                        else "it is stored with the offending characters escaped",
+                        extra={"event": "job.unstorable", "job_id": one.id},
+                    )
+                    await self._round_trip([_storable(one)], 0)
+            except CONNECTION_ERRORS:
+                self._finished[:0] = finished[i:]  # the outage handling takes over
+                return
 
     # -- background tasks ------------------------------------------------------------------
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
@@ -531,7 +567,12 @@ class Worker:
                 await asyncio.sleep(delay)
             try:
                 finished, self._finished = self._finished, []
-                await self._round_trip(finished, 0)
+                try:
+                    await self._round_trip(finished, 0)
+                except BAD_DATA_ERRORS as exc:
+                    await self._finish_separately(finished, exc)
+                    if self._finished:
+                        continue  # an outage interrupted it: try again after the delay
                 pool = await self._store.pool()
                 await pool.execute(sql.RELEASE_UNTRACKED, self.id, held,
                                    timeout=self._store.command_timeout)
@@ -588,3 +629,15 @@ class Worker:
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:
     return lambda _conn: event.set()
+
+
+def _storable(finished: Finished) -> Finished:
+    return Finished(
+        finished.id,
+        finished.status,
+        result=None,
+        error=None if finished.error is None else storable_text(finished.error),
+        traceback=None if finished.traceback is None else storable_text(finished.traceback),
+        delay_s=finished.delay_s,
+        refund=finished.refund,
+    )
