@@ -197,6 +197,10 @@ class Worker:
                 )
                 await self._sleep(outage_backoff)
                 continue
+            except BaseException:
+                # Unforeseen: the worker stops, but the final flush still tries to write these.
+                self._finished[:0] = finished
+                raise
             for row in rows:
                 self._start(row)
             if outage_backoff:
