@@ -193,7 +193,7 @@ class Worker:
                     exc,
                     self.id,
                     outage_backoff,
-                    extra={"event": "worker.db_unavailable"},
+                    extra={"event": "worker.db_unavailable", "worker_id": self.id},
                 )
                 await self._sleep(outage_backoff)
                 continue
@@ -269,7 +269,7 @@ class Worker:
 
     async def _after_outage(self) -> None:
         logger.info("Database connection restored; worker %s carries on", self.id,
-                    extra={"event": "worker.db_restored"})
+                    extra={"event": "worker.db_restored", "worker_id": self.id})
         await self._register()
         try:
             pool = await self._store.pool()
@@ -371,7 +371,7 @@ class Worker:
                         "the job counts as done and its result is not kept"
                         if one.status == "done"
                         else "it is stored with the offending characters escaped",
-                        extra={"event": "job.unstorable", "job_id": one.id},
+                        extra={"event": "job.unstorable", "job_id": one.id, "worker_id": self.id},
                     )
                     await self._round_trip([_storable(one)], 0)
             except CONNECTION_ERRORS:
@@ -398,7 +398,8 @@ class Worker:
                 await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
                 if interrupted:
                     logger.info("LISTEN connection restored; worker %s hears new jobs again",
-                                self.id, extra={"event": "worker.listen_restored"})
+                                self.id,
+                                extra={"event": "worker.listen_restored", "worker_id": self.id})
                 interrupted = False
                 backoff = 0.25
                 self._wake.set()  # anything enqueued while we were not listening
@@ -415,7 +416,7 @@ class Worker:
             except Exception as exc:
                 interrupted = True
                 logger.warning("LISTEN connection lost (%s); reconnecting in %.2gs", exc, backoff,
-                               extra={"event": "worker.listen_lost"})
+                               extra={"event": "worker.listen_lost", "worker_id": self.id})
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_OUTAGE_BACKOFF, backoff * 2)
             finally:
@@ -472,7 +473,7 @@ class Worker:
                 except Exception as exc:
                     beating_since = None
                     logger.warning("Worker heartbeat failed (%s: %s)", type(exc).__name__, exc,
-                                   extra={"event": "worker.heartbeat_failed"})
+                                   extra={"event": "worker.heartbeat_failed", "worker_id": self.id})
                     if conn is not None:
                         conn.terminate()  # a fresh connection next time, not a wedged one
                         conn = None
@@ -501,7 +502,7 @@ class Worker:
                     "Jobs named %r are waiting but this worker does not know that job; it "
                     "leaves them for a worker that does (is the module with it imported?)",
                     name,
-                    extra={"event": "worker.unknown_job", "job_name": name},
+                    extra={"event": "worker.unknown_job", "job_name": name, "worker_id": self.id},
                 )
 
     async def _recover_lost(self, conn: asyncpg.Connection[Any]) -> None:
@@ -515,7 +516,8 @@ class Worker:
                 "moved to the dead-letter queue (attempts exhausted)"
                 if row["status"] == "dead_letter"
                 else "queued to run again",
-                extra={"event": "job.worker_lost", "job_id": str(row["id"])},
+                extra={"event": "job.worker_lost", "job_id": str(row["id"]),
+                       "job_name": row["job_name"], "worker_id": self.id},
             )
         if recovered:
             self._wake.set()
@@ -548,7 +550,7 @@ class Worker:
                     "when its lease runs out (%.3gs), once this process has exited",
                     len(self._held),
                     self.lease_seconds,
-                    extra={"event": "worker.jobs_held"},
+                    extra={"event": "worker.jobs_held", "worker_id": self.id},
                 )
         for task in self._background:
             task.cancel()
