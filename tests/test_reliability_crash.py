@@ -13,7 +13,7 @@ import pytest
 from soniq import Soniq
 from tests.apps.jobs import build
 from tests.apps.procs import Fleet, attempts_of, reset_attempts
-from tests.support.waiting import wait_status, wait_until
+from tests.support.waiting import running_worker, wait_status, wait_until
 
 LEASE = 2.0
 
@@ -127,3 +127,34 @@ async def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letter_qu
     assert job["last_error"].startswith("WorkerLost")
     assert "attempts exhausted" in job["last_error"]
     assert "killing its worker" in job["last_error"]
+
+
+async def test_a_lost_job_goes_back_with_its_attempt_counted_and_keeps_its_place(
+    app: Soniq, db: asyncpg.Connection[Any]
+) -> None:
+    """Recovery as any worker does it, on a job held by a worker that no longer exists."""
+
+    @app.job(name="orphan", max_retries=1)
+    async def orphan() -> None: ...
+
+    first = await app.enqueue("orphan", scheduled_at=-3600)  # due an hour ago
+    last = await app.enqueue("orphan", scheduled_at=-3600)
+    for job_id, attempts in ((first, 1), (last, 2)):
+        await db.execute(
+            "UPDATE soniq_jobs SET status = 'processing', attempts = $2, "
+            "worker_id = 'gone:1:dead', started_at = now() WHERE id = $1",
+            job_id, attempts,
+        )
+    before = await app.get_job(first)
+    # A worker of another queue: it recovers what it finds but does not claim these.
+    async with running_worker(app, queues=["elsewhere"]):
+        again = await wait_status(app, first, "queued", timeout=20)
+        dead = await wait_status(app, last, "dead_letter", timeout=20)
+    assert before is not None
+    assert again["attempts"] == 1 and again["worker_id"] is None
+    assert again["scheduled_at"] == before["scheduled_at"]  # still first in line
+    assert again["last_error"] == (
+        "WorkerLost: worker gone:1:dead stopped heartbeating during attempt 1"
+    )
+    assert dead["attempts"] == 2 and dead["finished_at"] is not None
+    assert dead["last_error"].endswith("attempts exhausted (the job may be killing its worker)")

@@ -165,6 +165,8 @@ async def test_an_outage_longer_than_the_lease_costs_no_live_worker_its_jobs(
     assert [j["attempts"] for j in jobs] == [1] * 6
     assert [len(rows) for rows in attempts] == [1, 1, 1]  # each ran once, never twice
     assert not any("lost its worker" in log for log in logs), logs
+    # Each worker said it had been out of touch for longer than its lease.
+    assert all("has not beaten for over its 1.5s lease" in log for log in logs), logs
 
 
 async def test_jobs_claimed_by_the_first_round_trip_after_an_outage_stay_claimed(

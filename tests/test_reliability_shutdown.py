@@ -4,6 +4,7 @@ signal, and jobs that cannot be interrupted."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from soniq import Soniq
+from soniq import JobContext, Soniq
 from tests.apps.jobs import build
 from tests.apps.procs import Fleet, WorkerProcess, attempts_of, reset_attempts, wait_exit
-from tests.support.waiting import wait_status, wait_until
+from tests.support.waiting import running_worker, wait_status, wait_until
 
 LEASE = 2.0
 GRACE = 3.0  # longer than the lease: the heartbeat must carry on through the grace period
@@ -131,3 +132,24 @@ async def test_a_thread_job_that_outlives_the_grace_never_runs_twice_at_once(
     assert rows[1]["started_at"] > exited_at  # the thread died with its process first
     assert job["attempts"] == 1  # the interrupted attempt was not used up (max_retries=0)
     assert "cannot be interrupted" in worker.log()
+
+
+async def test_a_timed_out_thread_job_is_not_retried_while_its_thread_still_runs(
+    app: Soniq,
+) -> None:
+    """``timeout`` cannot stop a plain ``def`` job's thread: the retry must wait for it."""
+    spans: list[tuple[int, float, float]] = []
+
+    @app.job(name="stubborn", timeout=0.3, max_retries=1, retry_backoff=0)
+    def stubborn(ctx: JobContext) -> None:
+        began = time.monotonic()
+        time.sleep(2.0 if ctx.attempt == 1 else 0.01)
+        spans.append((ctx.attempt, began, time.monotonic()))
+
+    job_id = await app.enqueue("stubborn")
+    async with running_worker(app, concurrency=2), running_worker(app, concurrency=2):
+        job = await wait_status(app, job_id, "done", timeout=20)
+    first, second = sorted(spans)
+    assert (first[0], second[0]) == (1, 2)
+    assert second[1] >= first[2]  # the retry began after the first thread returned
+    assert job["attempts"] == 2 and "timed out" in job["last_error"]

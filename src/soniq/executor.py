@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import time
@@ -21,9 +22,10 @@ class JobExecutor:
     def __init__(self, threads: int) -> None:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        # Jobs whose function is running in a thread right now. Cancelling the attempt does
-        # not stop a thread, so shutdown asks here which jobs are still really running.
-        self.busy_threads: set[str] = set()
+        # Jobs whose function is running in a thread right now, each with an event set when
+        # it returns. Cancelling an attempt (timeout, shutdown) does not stop its thread, so
+        # the worker asks here which jobs are still really running, and waits on the event.
+        self.busy_threads: dict[str, asyncio.Event] = {}
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -39,15 +41,19 @@ class JobExecutor:
     def _in_thread(
         self,
         job_id: str,
+        loop: asyncio.AbstractEventLoop,
         context: contextvars.Context,
         func: Callable[..., Any],
         kwargs: dict[str, Any],
     ) -> Any:
-        self.busy_threads.add(job_id)
+        returned = asyncio.Event()
+        self.busy_threads[job_id] = returned
         try:
             return context.run(func, **kwargs)
         finally:
-            self.busy_threads.discard(job_id)
+            del self.busy_threads[job_id]
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(returned.set)
 
     async def __call__(self, ctx: AttemptContext) -> Any:
         spec = ctx.spec
@@ -64,7 +70,8 @@ class JobExecutor:
                 call = loop.run_in_executor(
                     self._thread_pool(),
                     functools.partial(
-                        self._in_thread, ctx.job_id, contextvars.copy_context(), spec.func, kwargs
+                        self._in_thread, ctx.job_id, loop, contextvars.copy_context(), spec.func,
+                        kwargs,
                     ),
                 )
             if spec.timeout is None:

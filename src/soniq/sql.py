@@ -205,7 +205,8 @@ DEREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1"
 
 # Jobs whose worker stopped heartbeating go back to the queue with the attempt counted, or to
 # the dead-letter queue when that was their last one: a job that kills its worker every time
-# must not loop forever.
+# must not loop forever. scheduled_at is left alone, so a recovered job keeps its place in line
+# instead of waiting behind everything enqueued since.
 RECOVER_LOST_JOBS = """
 WITH lost AS (
     SELECT j.id FROM soniq_jobs AS j
@@ -223,7 +224,6 @@ UPDATE soniq_jobs AS j SET
                                  ELSE '' END,
                          coalesce(j.worker_id, '?'), j.attempts),
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-    scheduled_at = now(),
     worker_id   = NULL
 FROM lost WHERE j.id = lost.id
 RETURNING j.id, j.job_name, j.status

@@ -315,12 +315,32 @@ class Worker:
         except Exception as exc:
             if ctx.outcome is None or ctx.error is not exc:
                 ctx.settle_failure(exc)
+            if ctx.job_id in self._executor.busy_threads:
+                # A timeout ended the attempt but not its thread: until the thread returns, the
+                # job stays ours (and beats), so its retry cannot run beside it.
+                try:
+                    await self._thread_returned(ctx)
+                except asyncio.CancelledError:
+                    self._held.add(ctx.job_id)  # shutdown meanwhile: see _flush_final
+                    raise
             self._record(self._failure(ctx, exc))
         else:
             self._record(Finished(ctx.job_id, "done", result=self._encode_result(ctx, result)))
         finally:
             self._running.pop(ctx.job_id, None)
             self._wake.set()
+
+    async def _thread_returned(self, ctx: AttemptContext) -> None:
+        logger.warning(
+            "Job %s (%s) timed out, but its thread cannot be stopped; the job is retried or "
+            "dead-lettered only once the thread returns",
+            ctx.job_name,
+            ctx.job_id,
+            extra={"event": "job.thread_overrun", "job_id": ctx.job_id, "worker_id": self.id},
+        )
+        returned = self._executor.busy_threads.get(ctx.job_id)
+        if returned is not None:
+            await returned.wait()
 
     def _record(self, finished: Finished) -> None:
         self._finished.append(finished)
@@ -452,6 +472,8 @@ class Worker:
         # worker time to beat again, may declare others dead. (At start-up too: a worker that
         # has just connected cannot yet tell a dead neighbour from one still reconnecting.)
         beating_since: float | None = None
+        last_beat = loop.time()
+        lease_lost = False
         try:
             while True:
                 started = loop.time()
@@ -464,6 +486,8 @@ class Worker:
                     await self._beat_once(conn, recover=judge)
                     if beating_since is None:
                         beating_since = started
+                    last_beat = started
+                    lease_lost = False
                     if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
                         last_purge = loop.time()
                         await conn.execute(sql.PURGE_FINISHED, self.done_retention,
@@ -477,6 +501,14 @@ class Worker:
                     if conn is not None:
                         conn.terminate()  # a fresh connection next time, not a wedged one
                         conn = None
+                    if not lease_lost and loop.time() - last_beat > self.lease_seconds:
+                        lease_lost = True
+                        logger.error(
+                            "Worker %s has not beaten for over its %.3gs lease; if other "
+                            "workers can reach the database they may run its %d job(s) again",
+                            self.id, self.lease_seconds, len(self._running),
+                            extra={"event": "worker.lease_expired", "worker_id": self.id},
+                        )
                 # A steady cadence: the time the beat itself took comes off the wait.
                 await asyncio.sleep(max(0.0, self.heartbeat_interval - (loop.time() - started)))
         finally:
