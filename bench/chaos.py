@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the worker app is in tests/apps
-from tests.apps.benchdb import bench_database  # noqa: E402
-from tests.apps.chaos import run_chaos  # noqa: E402
+from tests.apps.benchdb import bench_database
+from tests.apps.chaos import run_chaos
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -9,15 +9,17 @@ runs dry; its RSS is sampled as it goes. Reported: RSS after the warm-up (the fi
 jobs) and at the end, and the growth between them per 10,000 jobs.
 
 claim: the same worker's throughput over --sample jobs taken from a queue of --sample ready
-jobs, then from one of --backlog ready jobs (inserted in bulk). Reported: jobs/s for each and
-their ratio; the two are measured in the same run, on the same machine, back to back.
+jobs, then from one of --backlog ready jobs (inserted in bulk), --rounds times alternately.
+Reported: each run's jobs/s, the medians and their ratio, all from the same run and machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -28,9 +30,10 @@ import asyncpg
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the worker app is in tests/apps
-from tests.apps.benchdb import bench_database  # noqa: E402
-from tests.apps.jobs import build  # noqa: E402
-from tests.apps.procs import Fleet, wait_exit  # noqa: E402
+from tests.apps.benchdb import bench_database
+from tests.apps.jobs import build
+from tests.apps.procs import Fleet, wait_exit
+from tests.support.waiting import wait_until
 
 MB = 1024 * 1024
 
@@ -91,11 +94,12 @@ async def throughput(url: str, folder: Path, sample: int, concurrency: int) -> f
         base = await done_count(conn)
         with Fleet(url, folder, poll_interval=1) as fleet:
             worker = await fleet.start_ready("--concurrency", str(concurrency))
-            while await done_count(conn) < base + 1:
-                await asyncio.sleep(0.01)
+            async def reached(count: int) -> bool:
+                return await done_count(conn) >= count
+
+            await wait_until(lambda: reached(base + 1), timeout=600, interval=0.01)
             started = time.monotonic()
-            while await done_count(conn) < base + sample:
-                await asyncio.sleep(0.05)
+            await wait_until(lambda: reached(base + sample), timeout=3600, interval=0.05)
             seconds = time.monotonic() - started
             worker.signal(signal.SIGTERM)
             await wait_exit(worker, timeout=60)
@@ -117,19 +121,24 @@ async def insert_ready(conn: asyncpg.Connection[Any], count: int) -> None:
     await conn.execute("VACUUM ANALYZE soniq_jobs")
 
 
-async def claim(url: str, folder: Path, backlog: int, sample: int,
-                concurrency: int) -> dict[str, Any]:
+async def claim(url: str, folder: Path, backlog: int, sample: int, concurrency: int,
+                rounds: int) -> dict[str, Any]:
     conn = await asyncpg.connect(url)
+    smalls: list[float] = []
+    larges: list[float] = []
     try:
-        await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
-        await insert_ready(conn, sample)
-        small = await throughput(url, folder, sample, concurrency)
+        # Alternated, so a change in the machine's load during the run hits both sides.
+        for _ in range(rounds):
+            await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
+            await insert_ready(conn, sample)
+            smalls.append(await throughput(url, folder, sample, concurrency))
 
-        await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
-        started = time.monotonic()
-        await insert_ready(conn, backlog)
-        filled = time.monotonic() - started
-        large = await throughput(url, folder, sample, concurrency)
+            await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
+            started = time.monotonic()
+            await insert_ready(conn, backlog)
+            filled = time.monotonic() - started
+            larges.append(await throughput(url, folder, sample, concurrency))
+        small, large = statistics.median(smalls), statistics.median(larges)
         # What the heartbeat's own housekeeping costs on the big queue, once per beat.
         plan = await conn.fetch(
             "EXPLAIN (ANALYZE, FORMAT JSON) "
@@ -138,11 +147,12 @@ async def claim(url: str, folder: Path, backlog: int, sample: int,
         )
     finally:
         await conn.close()
-    import json
-
     unknown_ms = json.loads(plan[0][0])[0]["Execution Time"]
     return {
         "sample_jobs": sample,
+        "rounds": rounds,
+        "small_queue_runs": [round(x) for x in smalls],
+        "large_queue_runs": [round(x) for x in larges],
         "small_queue_jobs_per_s": round(small),
         "backlog_rows": backlog,
         "backlog_insert_s": round(filled, 1),
@@ -162,7 +172,7 @@ async def main(args: argparse.Namespace) -> None:
                 print("memory samples (jobs done, RSS MB):", samples, flush=True)
             if args.part in ("claim", "both"):
                 print("claim:", await claim(url, Path(folder), args.backlog, args.sample,
-                                            args.concurrency), flush=True)
+                                            args.concurrency, args.rounds), flush=True)
 
 
 if __name__ == "__main__":
@@ -172,4 +182,5 @@ if __name__ == "__main__":
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="claim runs of each size")
     asyncio.run(main(parser.parse_args()))
