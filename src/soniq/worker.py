@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -670,12 +671,10 @@ def _setter(event: asyncio.Event) -> Callable[[Any], None]:
 
 
 def _storable(finished: Finished) -> Finished:
-    return Finished(
-        finished.id,
-        finished.status,
+    # replace() keeps every other field (status, delay, refund, trace context) as it was.
+    return dataclasses.replace(
+        finished,
         result=None,
         error=None if finished.error is None else storable_text(finished.error),
         traceback=None if finished.traceback is None else storable_text(finished.traceback),
-        delay_s=finished.delay_s,
-        refund=finished.refund,
     )
