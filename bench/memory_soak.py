@@ -8,9 +8,10 @@ memory: one `soniq worker` process runs --jobs no-op jobs, fed in batches so the
 runs dry; its RSS is sampled as it goes. Reported: RSS after the warm-up (the first tenth of the
 jobs) and at the end, and the growth between them per 10,000 jobs.
 
-claim: the same worker's throughput over --sample jobs taken from a queue of --sample ready
-jobs, then from one of --backlog ready jobs (inserted in bulk), --rounds times alternately.
-Reported: each run's jobs/s, the medians and their ratio, all from the same run and machine.
+claim: on a queue of --sample ready jobs, then on one of --backlog ready jobs (inserted in
+bulk), --rounds times alternately: the claims/s of the worker's round trip alone (finish the
+last batch, claim the next; no job run), then a `soniq worker` process's jobs/s over half the
+sample. Reported: each run, the medians and their ratios, all from the same run and machine.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from tests.apps.benchdb import bench_database
 from tests.apps.jobs import build
 from tests.apps.procs import Fleet, wait_exit
 from tests.support.waiting import wait_until
+
+from soniq import sql
+from soniq.store import Finished
 
 MB = 1024 * 1024
 
@@ -108,6 +112,25 @@ async def throughput(url: str, folder: Path, sample: int, concurrency: int) -> f
     return (sample - 1) / seconds
 
 
+async def round_trips(url: str, count: int, batch: int) -> float:
+    """Claims/s of the worker's own round trip alone (finish the last batch, claim the next),
+    with no job run and no process in between: the claim cost, nearly free of other noise."""
+    app = build(url)
+    worker = app.worker(concurrency=batch, install_signal_handlers=False)
+    worker._known_names = app.registry.names()
+    finished: list[Finished] = []
+    try:
+        started = time.monotonic()
+        for _ in range(count):
+            rows = await worker._round_trip(finished, batch)
+            finished = [Finished(str(r["id"]), "done") for r in rows]
+        seconds = time.monotonic() - started
+        await worker._round_trip(finished, 0)
+    finally:
+        await app.close()
+    return count * batch / seconds
+
+
 async def insert_ready(conn: asyncpg.Connection[Any], count: int) -> None:
     # Straight SQL: a million enqueue calls would measure the producer, not the claim.
     await conn.execute(
@@ -126,30 +149,36 @@ async def claim(url: str, folder: Path, backlog: int, sample: int, concurrency: 
     conn = await asyncpg.connect(url)
     smalls: list[float] = []
     larges: list[float] = []
+    trips_small: list[float] = []
+    trips_large: list[float] = []
+    trips = sample // concurrency // 2  # round trips per measurement, half the sample
     try:
         # Alternated, so a change in the machine's load during the run hits both sides.
         for _ in range(rounds):
             await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
             await insert_ready(conn, sample)
-            smalls.append(await throughput(url, folder, sample, concurrency))
+            trips_small.append(await round_trips(url, trips, concurrency))
+            smalls.append(await throughput(url, folder, sample // 2, concurrency))
 
             await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
             started = time.monotonic()
             await insert_ready(conn, backlog)
             filled = time.monotonic() - started
-            larges.append(await throughput(url, folder, sample, concurrency))
+            trips_large.append(await round_trips(url, trips, concurrency))
+            larges.append(await throughput(url, folder, sample // 2, concurrency))
         small, large = statistics.median(smalls), statistics.median(larges)
+        trip_small, trip_large = statistics.median(trips_small), statistics.median(trips_large)
         # What the heartbeat's own housekeeping costs on the big queue, once per beat.
-        plan = await conn.fetch(
-            "EXPLAIN (ANALYZE, FORMAT JSON) "
-            "SELECT DISTINCT job_name FROM soniq_jobs WHERE status = 'queued' "
-            "AND scheduled_at <= now() AND job_name <> ALL(ARRAY['noop']) LIMIT 20"
-        )
+        beat_ms = {}
+        for label, queues in (("all_queues", None), ("one_queue", ["default"])):
+            plan = await conn.fetchval(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + sql.UNKNOWN_READY_NAMES, queues, ["noop"]
+            )
+            beat_ms[label] = round(json.loads(plan)[0]["Execution Time"], 2)
     finally:
         await conn.close()
-    unknown_ms = json.loads(plan[0][0])[0]["Execution Time"]
     return {
-        "sample_jobs": sample,
+        "sample_jobs": sample // 2,
         "rounds": rounds,
         "small_queue_runs": [round(x) for x in smalls],
         "large_queue_runs": [round(x) for x in larges],
@@ -158,7 +187,12 @@ async def claim(url: str, folder: Path, backlog: int, sample: int, concurrency: 
         "backlog_insert_s": round(filled, 1),
         "large_queue_jobs_per_s": round(large),
         "large_over_small": round(large / small, 2),
-        "unknown_name_scan_ms_on_backlog": round(unknown_ms, 1),
+        "round_trip_claims_per_s_small": round(trip_small),
+        "round_trip_claims_per_s_large": round(trip_large),
+        "round_trip_large_over_small": round(trip_large / trip_small, 2),
+        "round_trip_runs_small": [round(x) for x in trips_small],
+        "round_trip_runs_large": [round(x) for x in trips_large],
+        "unknown_name_check_ms_on_backlog": beat_ms,
     }
 
 
