@@ -243,9 +243,11 @@ WHERE worker_id = $1 AND status = 'processing' AND id <> ALL($2::uuid[])
 
 # Shutdown: jobs whose attempt cannot be interrupted (a thread) stay held by the exiting worker
 # with the attempt refunded in advance; lease recovery then returns them, counting it again.
+# Clearing started_at marks the refund as made, so a retried flush cannot refund twice.
 REFUND_HELD = """
-UPDATE soniq_jobs SET attempts = attempts - 1
+UPDATE soniq_jobs SET attempts = attempts - 1, started_at = NULL
 WHERE worker_id = $1 AND status = 'processing' AND id = ANY($2::uuid[])
+  AND started_at IS NOT NULL
 """
 
 # Names this worker does not know among the jobs next in line, for its warning. Only the head of

@@ -204,10 +204,9 @@ class Worker:
                 raise
             for row in rows:
                 self._start(row)
-            if outage_backoff:
-                # After _start: the rows just claimed are running, not claims lost in flight.
+            # After _start: the rows just claimed are running, not claims lost in flight.
+            if outage_backoff and await self._after_outage():
                 outage_backoff = 0.0
-                await self._after_outage()
             if rows and len(rows) == free:
                 continue  # slots are full now; the next finished job wakes us
             if any(f.status == "queued" and not f.refund for f in finished):
@@ -268,15 +267,21 @@ class Worker:
             self._chain_version = chain.version
             self._call = compose(chain, self.app.hooks.wrap(self._executor))
 
-    async def _after_outage(self) -> None:
+    async def _after_outage(self) -> bool:
+        """Release the claims a lost response may have left us holding; False to try again
+        after the next round trip (the database went away again)."""
         logger.info("Database connection restored; worker %s carries on", self.id,
                     extra={"event": "worker.db_restored", "worker_id": self.id})
-        await self._register()
         try:
+            await self._register()
             pool = await self._store.pool()
-            await pool.execute(sql.RELEASE_UNTRACKED, self.id, list(self._running))
+            # A job that finished since the round trip is neither running nor written yet:
+            # it is not a lost claim either.
+            keep = [*self._running, *(f.id for f in self._finished)]
+            await pool.execute(sql.RELEASE_UNTRACKED, self.id, keep)
         except CONNECTION_ERRORS:
-            pass  # the next outage round will try again via the lease
+            return False
+        return True
 
     # -- one attempt -----------------------------------------------------------------------
     def _start(self, row: asyncpg.Record) -> None:
