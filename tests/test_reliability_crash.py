@@ -98,10 +98,10 @@ async def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letter_qu
     producer: Soniq, db: asyncpg.Connection[Any], clean_db: str, tmp_path: Path
 ) -> None:
     lease = 1.5
-    job_id = await producer.enqueue("poison")  # max_retries=2: three attempts
     deaths = 0
     with Fleet(clean_db, tmp_path, lease_seconds=lease, poll_interval=0.2) as fleet:
         worker = await fleet.start_ready("--concurrency", "1")
+        job_id = await producer.enqueue("poison")  # max_retries=2: three attempts
 
         async def settled() -> bool:
             # A supervisor's job: start a fresh worker whenever the job has killed one.
@@ -109,10 +109,9 @@ async def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letter_qu
             if not worker.alive():
                 deaths += 1
                 assert worker.proc.returncode == 3
-                worker = fleet.start()
-            return await producer.get_job(job_id) is not None and (
-                (await producer.get_job(job_id)) or {}
-            ).get("status") == "dead_letter"
+                worker = fleet.start("--concurrency", "1")
+            job = await producer.get_job(job_id)
+            return job is not None and job["status"] == "dead_letter"
 
         await wait_until(settled, timeout=4 * (lease * 2 + 10), interval=0.1,
                          what="the poison job to be dead-lettered")
