@@ -58,7 +58,7 @@ async def test_slow_but_alive_worker_keeps_its_job_over_many_leases(
     lease = 1.5
     with Fleet(clean_db, tmp_path, lease_seconds=lease, poll_interval=0.2) as fleet:
         first_worker = await fleet.start_ready("--concurrency", "2")
-        job_id = await producer.enqueue("sleepy", first=lease * 4, later=0.05)
+        job_id = await producer.enqueue("sleepy", first=lease * 3, later=0.05)
         await wait_until(lambda: attempts_of(db, job_id), what="the attempt to start")
         idle = await fleet.start_ready("--concurrency", "2")  # would take the job if it were lost
         job = await wait_status(producer, job_id, "done", timeout=lease * 4 + 20)

@@ -92,7 +92,7 @@ async def test_an_unreachable_database_gives_a_clear_error_in_bounded_time(
     where: str, request: pytest.FixtureRequest
 ) -> None:
     port = request.getfixturevalue(where)
-    app = Soniq(f"postgresql://postgres@127.0.0.1:{port}/db", connect_timeout=1)
+    app = Soniq(f"postgresql://postgres@127.0.0.1:{port}/db", connect_timeout=0.5)
 
     @app.job()
     async def hello() -> None: ...
