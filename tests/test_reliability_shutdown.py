@@ -51,6 +51,9 @@ async def test_signal_finishes_running_jobs_and_puts_back_the_rest_without_using
     with Fleet(clean_db, tmp_path, lease_seconds=LEASE, grace_period=GRACE,
                poll_interval=0.2) as fleet:
         worker = await fleet.start_ready("--concurrency", "3")
+        # Claims nothing here, but would take the jobs of a worker that stopped beating while
+        # its jobs still ran in the grace period (longer than the lease).
+        bystander = await fleet.start_ready("--queues", "elsewhere")
         short = await producer.enqueue("sleepy", first=GRACE - 1.5)  # ends within the grace
         long = await producer.enqueue("sleepy_once", first=120, later=0.05)  # max_retries=0
         await started(db, short, long)
@@ -70,6 +73,7 @@ async def test_signal_finishes_running_jobs_and_puts_back_the_rest_without_using
         assert put_back["worker_id"] is None and put_back["last_error"] is None
         assert (untouched["status"], untouched["attempts"]) == ("queued", 0)
         assert "putting them back" in worker.log()
+        assert "lost its worker" not in bystander.log()
 
         # The interrupted max_retries=0 job was not dead-lettered: it runs again and succeeds.
         successor = await fleet.start_ready("--concurrency", "3")
