@@ -160,7 +160,8 @@ async def test_a_slow_database_never_hangs_a_scrape(
             await db.execute("LOCK TABLE soniq_workers IN ACCESS EXCLUSIVE MODE")
             found = await _scrape(app)  # the query waits for the lock; the scrape does not
         assert not _reports(found)
-        assert value(found, "soniq_telemetry_errors_total") == 1
+        # At least this timeout; on a loaded machine the leader probe may time out as well.
+        assert value(found, "soniq_telemetry_errors_total") >= 1
         assert _reports(await _scrape(app))  # the next scrape reports again
     finally:
         await layer.close()
