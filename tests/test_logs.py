@@ -420,3 +420,47 @@ async def test_cli_worker_json_lines_without_secrets(
     assert user["job_id"] == ok_id and user["job_name"] == "cli_ok" and user["attempt"] == 1
     (dead,) = [line for line in lines if line.get("event") == "job.dead_letter"]
     assert dead["job_id"] == fail_id and "RuntimeError: nope" in dead["exception"]
+
+
+async def test_records_carry_the_ids_of_soniq_otels_attempt_span(
+    app: Soniq, captured: Capture
+) -> None:
+    """With the real tracing layer (not a stand-in), every record of an attempt, the layer's own
+    and the user's, names the exported ``process`` span."""
+    from soniq_otel import OtelConfig
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    @app.job(name="logs_traced", max_retries=1, retry_backoff=0)
+    async def traced(n: int) -> None:
+        user_log.info("inside traced job")
+        if n == 0:
+            raise ValueError("first attempt fails")
+
+    app.instrument(otel=OtelConfig(tracer_provider=provider), logs=True)
+    ok_id = await app.enqueue(traced, n=1)
+    retried_id = await app.enqueue(traced, n=0)
+    try:
+        async with running_worker(app):
+            await wait_status(app, ok_id, "done")
+            await wait_status(app, retried_id, "dead_letter")
+    finally:
+        provider.shutdown()
+
+    process = {
+        (s.attributes or {}).get("messaging.message.id"): s
+        for s in exporter.get_finished_spans()
+        if s.kind is SpanKind.CONSUMER and (s.attributes or {}).get("soniq.job.attempt") == 1
+    }
+    for job_id in (ok_id, retried_id):
+        trace_id, span_id = ids_of(process[job_id])
+        mine = [r for r in captured.records if r.__dict__.get("job_id") == job_id
+                and r.__dict__.get("attempt") == 1]
+        events = {r.__dict__.get("event") for r in mine}
+        assert "job.started" in events and events & {"job.done", "job.retry"}
+        assert any(r.getMessage() == "inside traced job" for r in mine)
+        for record in mine:
+            assert (record.__dict__["trace_id"], record.__dict__["span_id"]) == (
+                trace_id, span_id), record.getMessage()
