@@ -1,0 +1,148 @@
+"""Shared plumbing: fresh databases, statistics, and the worker-process protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+# The job every system runs: keyword payload {"i": n} for throughput runs, {"t": epoch} for
+# latency runs (the worker records time.time() - t when the job starts).
+SYSTEMS = ("soniq", "pgqueuer", "minimal")
+
+
+def admin_url() -> str:
+    return os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
+        "SONIQ_TEST_DATABASE_URL", DEFAULT_ADMIN_URL
+    )
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def create_database(admin: str, prefix: str) -> str:
+    name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin, name)
+
+
+async def drop_database(admin: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of the samples."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class WorkerProcess:
+    """One worker subprocess speaking the bench line protocol on stdin/stdout:
+    it prints READY once set up, starts on GO, stops on STOP (serve mode) and ends with one
+    RESULT line of JSON."""
+
+    args: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    stderr_tail: str = ""
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.worker",
+            *self.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+
+    async def _line(self, timeout: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not raw:
+            await self._fail("exited early")
+        return raw.decode().strip()
+
+    async def _fail(self, what: str) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        err = (await self.proc.stderr.read()).decode()
+        raise RuntimeError(f"bench worker {' '.join(self.args)} {what}:\n{err[-3000:]}")
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        while True:
+            line = await self._line(timeout)
+            if line == "READY":
+                return
+
+    def send(self, word: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((word + "\n").encode())
+
+    async def finish(self, timeout: float = 600.0) -> dict[str, Any]:
+        while True:
+            line = await self._line(timeout)
+            if line.startswith("RESULT "):
+                self.result = json.loads(line[len("RESULT ") :])
+                break
+        assert self.proc is not None
+        await asyncio.wait_for(self.proc.wait(), 30)
+        return self.result
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def emit(word: str, payload: dict[str, Any] | None = None) -> None:
+    """Worker side of the protocol."""
+    line = word if payload is None else f"{word} {json.dumps(payload)}"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def read_word(reader: asyncio.StreamReader) -> str:
+    return (await reader.readline()).decode().strip()
+
+
+async def stdin_reader() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+def now() -> float:
+    """A clock shared by all processes on this machine (CLOCK_MONOTONIC)."""
+    return time.monotonic()

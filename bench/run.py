@@ -1,0 +1,443 @@
+"""Soniq against pgqueuer and a minimal asyncpg loop, on one PostgreSQL server, in one run.
+
+    python -m bench            # full run (about ten minutes on two cores)
+    python -m bench --quick    # smaller counts, fewer repetitions (about two minutes)
+
+Each system gets its own fresh database on the same server. Every scenario is repeated and
+the repetitions are interleaved (system order rotates each round), so a noisy neighbour hurts
+all systems alike; the table shows medians and ratios of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.common import (
+    WorkerProcess,
+    admin_url,
+    create_database,
+    drop_database,
+    median,
+    now,
+    percentile,
+)
+from bench.sys_minimal import Minimal
+from bench.sys_pgqueuer import CONFIGS as PGQ_CONFIGS
+from bench.sys_pgqueuer import PgQueuerSystem
+from bench.sys_soniq import SoniqSystem
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass
+class Sizes:
+    reps: int
+    single: int
+    batch: int
+    drain: int
+    latency_seconds: float
+    latency_rate: float
+    scale_reps: int
+    scale_queued: int
+    scale_finished: int
+
+
+FULL = Sizes(
+    reps=3,
+    single=2000,
+    batch=20_000,
+    drain=20_000,
+    latency_seconds=8.0,
+    latency_rate=200.0,
+    scale_reps=2,
+    scale_queued=1_000_000,
+    scale_finished=1_000_000,
+)
+QUICK = Sizes(
+    reps=2,
+    single=500,
+    batch=5_000,
+    drain=5_000,
+    latency_seconds=3.0,
+    latency_rate=200.0,
+    scale_reps=1,
+    scale_queued=200_000,
+    scale_finished=200_000,
+)
+
+# A drain "variant" is one system in one configuration.
+DRAIN_VARIANTS: list[tuple[str, str, list[str]]] = [
+    ("soniq", "soniq", []),
+    ("soniq+telemetry", "soniq", ["--instrument"]),
+    *((f"pgqueuer[{name}]", "pgqueuer", ["--config", name]) for name in PGQ_CONFIGS),
+    ("minimal", "minimal", []),
+]
+
+System = SoniqSystem | PgQueuerSystem | Minimal
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, only: set[str] | None, with_scale: bool) -> None:
+        self.sizes = sizes
+        self.only = only
+        self.with_scale = with_scale
+        self.admin = admin_url()
+        self.urls: dict[str, str] = {}
+        self.systems: dict[str, System] = {}
+        # results[scenario][variant] -> list of samples (jobs/s, or latency lists)
+        self.results: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+        self.notes: dict[str, str] = {}
+
+    def wanted(self, scenario: str) -> bool:
+        return self.only is None or scenario in self.only
+
+    # -- set-up ----------------------------------------------------------------------------
+    async def open(self) -> None:
+        makers: dict[str, Callable[[str], System]] = {
+            "soniq": SoniqSystem,
+            "pgqueuer": PgQueuerSystem,
+            "minimal": Minimal,
+        }
+        for name, make in makers.items():
+            url = await create_database(self.admin, name)
+            self.urls[name] = url
+            system = make(url)
+            await system.open()
+            await system.install()
+            self.systems[name] = system
+
+    async def close(self) -> None:
+        for system in self.systems.values():
+            await system.close()
+        for url in self.urls.values():
+            await drop_database(self.admin, url)
+
+    async def analyze(self, name: str) -> None:
+        # This server runs with autovacuum off; production ones analyse on their own.
+        conn = await asyncpg.connect(self.urls[name])
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
+    async def preload(self, name: str, n: int) -> None:
+        system = self.systems[name]
+        await system.reset()
+        chunk = 1000
+        for start in range(0, n, chunk):
+            await system.enqueue_batch([{"i": i} for i in range(start, min(n, start + chunk))])
+        await self.analyze(name)
+
+    # -- scenarios -------------------------------------------------------------------------
+    async def enqueue(self, names: list[str], batch: int) -> dict[str, float]:
+        """Enqueue rate per system. The work is cut into small blocks that alternate between
+        the systems, so a slow patch of the shared disk (every single enqueue waits for a WAL
+        flush) lands on all of them alike."""
+        total = self.sizes.batch if batch > 1 else self.sizes.single
+        per_block = 10 * batch if batch > 1 else 50
+        spent = dict.fromkeys(names, 0.0)
+        for name in names:
+            system = self.systems[name]
+            await system.reset()
+            for i in range(20):  # warm the statement cache and the pool
+                if batch > 1:
+                    await system.enqueue_batch([{"i": -i}] * batch)
+                else:
+                    await system.enqueue_one({"i": -i})
+        for block, start in enumerate(range(0, total, per_block)):
+            turn = block % len(names)
+            for name in names[turn:] + names[:turn]:
+                system = self.systems[name]
+                if batch > 1:
+                    chunks = [
+                        [{"i": i} for i in range(s, s + batch)]
+                        for s in range(start, start + per_block, batch)
+                    ]
+                    t0 = time.perf_counter()
+                    for chunk in chunks:
+                        await system.enqueue_batch(chunk)
+                else:
+                    t0 = time.perf_counter()
+                    for i in range(start, start + per_block):
+                        await system.enqueue_one({"i": i})
+                spent[name] += time.perf_counter() - t0
+        done = len(range(0, total, per_block)) * per_block
+        return {name: done / spent[name] for name in names}
+
+    async def drain(self, variant: str, processes: int, n: int | None = None) -> float | str:
+        name, system_name, extra = next(v for v in DRAIN_VARIANTS if v[0] == variant)
+        n = n or self.sizes.drain
+        await self.preload(system_name, n)
+        return await self.run_drain(system_name, extra, processes, n)
+
+    async def run_drain(
+        self, system_name: str, extra: list[str], processes: int, n: int
+    ) -> float | str:
+        workers = [
+            WorkerProcess([system_name, self.urls[system_name], "drain", *extra])
+            for _ in range(processes)
+        ]
+        try:
+            for w in workers:
+                await w.start()
+            for w in workers:
+                await w.wait_ready()
+            t0 = now()
+            for w in workers:
+                w.send("GO")
+            results = [await w.finish() for w in workers]
+        finally:
+            for w in workers:
+                await w.kill()
+        if any("na" in r for r in results):
+            return "n/a: " + str(results[0].get("na"))
+        elapsed = max(r["end"] for r in results) - t0
+        left = await self.systems[system_name].remaining()
+        ran = sum(r["ran"] for r in results)
+        if left or ran < n:
+            raise RuntimeError(f"{system_name} drain left {left} jobs, ran {ran} of {n}")
+        return n / elapsed
+
+    async def latency(self, name: str) -> list[float]:
+        """Enqueue at a steady rate into a running worker; returns enqueue-to-start latencies
+        (seconds) of the jobs enqueued after a one-second warm-up."""
+        system = self.systems[name]
+        await system.reset()
+        extra = ["--config", "b10"] if name == "pgqueuer" else []
+        worker = WorkerProcess([name, self.urls[name], "serve", *extra])
+        try:
+            await worker.start()
+            await worker.wait_ready()
+            worker.send("GO")
+            await asyncio.sleep(0.3)  # let it reach its idle wait
+            rate = self.sizes.latency_rate
+            warmup = int(rate)
+            total = warmup + int(rate * self.sizes.latency_seconds)
+            start = time.monotonic()
+            for i in range(total):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                # Warm-up jobs carry t=0 and are not recorded.
+                await system.enqueue_one({"i": i, "t": time.time() if i >= warmup else 0.0})
+            deadline = time.monotonic() + 30
+            while await system.remaining() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            worker.send("STOP")
+            result = await worker.finish()
+        finally:
+            await worker.kill()
+        lat: list[float] = result["latencies"]
+        if len(lat) < total - warmup:
+            raise RuntimeError(f"{name}: only {len(lat)} of {total - warmup} latency samples")
+        return lat
+
+    # -- scale check (Soniq only) ----------------------------------------------------------
+    async def scale(self) -> None:
+        s = self.sizes
+        soniq = self.systems["soniq"]
+        assert isinstance(soniq, SoniqSystem)
+        n = s.drain
+        for rep in range(s.scale_reps):
+            log(f"scale round {rep + 1}/{s.scale_reps}")
+            await soniq.reset()
+            await soniq.bulk_rows(n)
+            self.results["scale"][f"{n:,} queued"].append(
+                await self.run_drain("soniq", [], 1, n)
+            )
+            await soniq.reset()
+            await soniq.bulk_rows(s.scale_queued)
+            self.results["scale"][f"{s.scale_queued:,} queued"].append(
+                await self.run_drain("soniq", [], 1, n)
+            )
+            # The rest of the million is still queued: drained 20k of it, not all of it.
+            await soniq.reset()
+            await soniq.bulk_rows(s.scale_finished, "done")
+            await soniq.bulk_rows(s.scale_finished // 10, "dead_letter")
+            await soniq.bulk_rows(n)
+            label = f"{n:,} queued + {s.scale_finished:,} done + {s.scale_finished // 10:,} dead"
+            self.results["scale"][label].append(await self.run_drain("soniq", [], 1, n))
+        await soniq.reset()
+
+    # -- the run ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.sizes
+        names = ["soniq", "pgqueuer", "minimal"]
+        variants = [v[0] for v in DRAIN_VARIANTS]
+        for rep in range(s.reps):
+            turn = rep % len(names)
+            order = names[turn:] + names[:turn]
+            vorder = variants[turn:] + variants[:turn]
+            log(f"round {rep + 1}/{s.reps}")
+            if self.wanted("enqueue"):
+                for name, rate in (await self.enqueue(order, 1)).items():
+                    self.results["enqueue one at a time"][name].append(rate)
+                for name, rate in (await self.enqueue(order, 100)).items():
+                    self.results["enqueue_many (100 per call)"][name].append(rate)
+            if self.wanted("drain"):
+                for processes in (1, 2):
+                    key = f"drain {s.drain:,}, {processes} process{'es' if processes > 1 else ''}"
+                    for variant in vorder:
+                        got = await self.drain(variant, processes)
+                        if isinstance(got, str):
+                            self.notes[variant] = got
+                        else:
+                            self.results[key][variant].append(got)
+            if self.wanted("latency"):
+                for name in order:
+                    self.results["latency"][name].append(await self.latency(name))
+            log("round done")
+        if self.with_scale and self.wanted("scale"):
+            await self.scale()
+
+    # -- report ----------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"throughput": {}, "latency": {}, "scale": {}, "notes": self.notes}
+        for scenario, per in self.results.items():
+            if scenario in ("latency", "scale"):
+                continue
+            out["throughput"][scenario] = {
+                v: {"median": median(samples), "samples": samples} for v, samples in per.items()
+            }
+        for name, runs in self.results.get("latency", {}).items():
+            p50 = [percentile(r, 50) * 1000 for r in runs]
+            p99 = [percentile(r, 99) * 1000 for r in runs]
+            out["latency"][name] = {
+                "p50_ms": median(p50),
+                "p99_ms": median(p99),
+                "p50_samples": p50,
+                "p99_samples": p99,
+            }
+        for label, samples in self.results.get("scale", {}).items():
+            out["scale"][label] = {"median": median(samples), "samples": samples}
+        return out
+
+
+def best_pgq(row: dict[str, Any]) -> tuple[str, float] | None:
+    found = [(v, d["median"]) for v, d in row.items() if v.startswith("pgqueuer")]
+    return max(found, key=lambda x: x[1]) if found else None
+
+
+def print_table(report: dict[str, Any], sizes: Sizes) -> str:
+    lines: list[str] = []
+    add = lines.append
+    add("")
+    add("Throughput, jobs/s (median of runs; ratios are Soniq / other)")
+    head = (
+        f"{'scenario':<34}{'soniq':>9}{'+telemetry':>12}{'pgqueuer':>10}{'minimal':>9}"
+        f"{'vs pgq':>8}{'vs min':>8}{'tel/soniq':>10}"
+    )
+    add(head)
+    add("-" * len(head))
+    for scenario, row in report["throughput"].items():
+        soniq = row.get("soniq", {}).get("median", float("nan"))
+        tel = row.get("soniq+telemetry", {}).get("median")
+        pgq = best_pgq(row) if scenario.startswith("drain") else None
+        pgq_v = pgq[1] if pgq else row.get("pgqueuer", {}).get("median", float("nan"))
+        mini = row.get("minimal", {}).get("median", float("nan"))
+        tel_s = f"{tel:>12,.0f}" if tel is not None else f"{'n/a':>12}"
+        ratio_t = f"{tel / soniq:>10.2f}" if tel is not None else f"{'':>10}"
+        add(
+            f"{scenario:<34}{soniq:>9,.0f}{tel_s}{pgq_v:>10,.0f}{mini:>9,.0f}"
+            f"{soniq / pgq_v:>8.2f}{soniq / mini:>8.2f}{ratio_t}"
+        )
+        if pgq is not None:
+            others = ", ".join(
+                f"{v} {d['median']:,.0f}" for v, d in row.items() if v.startswith("pgqueuer")
+            )
+            add(f"{'':<4}pgqueuer configurations: {others} (best used)")
+    if report["latency"]:
+        add("")
+        add(f"Enqueue-to-start latency at {sizes.latency_rate:.0f} jobs/s, ms (median of runs)")
+        head = f"{'system':<12}{'p50':>8}{'p99':>8}{'p50/min':>9}{'p99/min':>9}"
+        add(head)
+        add("-" * len(head))
+        lat = report["latency"]
+        mini = lat.get("minimal")
+        for name, d in lat.items():
+            r50 = d["p50_ms"] / mini["p50_ms"] if mini else float("nan")
+            r99 = d["p99_ms"] / mini["p99_ms"] if mini else float("nan")
+            add(f"{name:<12}{d['p50_ms']:>8.2f}{d['p99_ms']:>8.2f}{r50:>9.2f}{r99:>9.2f}")
+    if report["scale"]:
+        add("")
+        add(f"Scale: Soniq draining {sizes.drain:,} jobs, one process, jobs/s")
+        base = None
+        for label, d in report["scale"].items():
+            base = base or d["median"]
+            add(f"  {label:<58}{d['median']:>9,.0f}{d['median'] / base:>7.2f}x")
+    for variant, why in report["notes"].items():
+        add(f"note: {variant}: {why}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+async def amain(opts: argparse.Namespace) -> None:
+    sizes = QUICK if opts.quick else FULL
+    if opts.reps:
+        sizes.reps = opts.reps
+    only = set(opts.only.split(",")) if opts.only else None
+    bench = Bench(sizes, only, with_scale=not opts.no_scale)
+    log(f"machine: {machine()}")
+    await bench.open()
+    conn = await asyncpg.connect(bench.admin)
+    server = await conn.fetchval("SHOW server_version")
+    await conn.close()
+    log(f"PostgreSQL {server} at {bench.admin.rsplit('@', 1)[-1]}")
+    t0 = time.monotonic()
+    try:
+        await bench.run()
+    finally:
+        await bench.close()
+    report = bench.report()
+    report["machine"] = machine()
+    report["postgres"] = server
+    report["seconds"] = time.monotonic() - t0
+    report["sizes"] = vars(sizes)
+    table = print_table(report, sizes)
+    log(f"finished in {report['seconds']:.0f}s")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps(report, indent=1))
+    (RESULTS_DIR / f"{stamp}.txt").write_text(table + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts, two rounds")
+    parser.add_argument("--reps", type=int, help="rounds (default 3, quick 2)")
+    parser.add_argument(
+        "--only", help="comma-separated subset of: enqueue,drain,latency,scale"
+    )
+    parser.add_argument("--no-scale", action="store_true", help="skip the 1M-row scale check")
+    asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Soniq through its public API, plus a server-side bulk loader for the scale check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from soniq import Soniq
+
+JOB_NAME = "bench.job"
+
+
+def make_app(url: str, job: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Soniq:
+    app = Soniq(url)
+
+    @app.job(name=JOB_NAME, max_retries=3)
+    async def bench_job(i: int = 0, t: float = 0.0) -> None:
+        if job is not None:
+            await job({"i": i, "t": t})
+
+    return app
+
+
+class SoniqSystem:
+    name = "soniq"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.app = make_app(url)
+
+    async def open(self) -> None:
+        await self.app.pool()
+
+    async def close(self) -> None:
+        await self.app.close()
+
+    async def install(self) -> None:
+        await self.app.setup()
+
+    async def reset(self) -> None:
+        pool = await self.app.pool()
+        await pool.execute("TRUNCATE soniq_jobs, soniq_workers")
+
+    async def enqueue_one(self, payload: dict[str, Any]) -> None:
+        await self.app.enqueue(JOB_NAME, **payload)
+
+    async def enqueue_batch(self, payloads: list[dict[str, Any]]) -> None:
+        await self.app.enqueue_many(JOB_NAME, payloads)
+
+    async def remaining(self) -> int:
+        pool = await self.app.pool()
+        return int(
+            await pool.fetchval(
+                "SELECT count(*) FROM soniq_jobs WHERE status NOT IN ('done', 'dead_letter')"
+            )
+        )
+
+    async def bulk_rows(self, n: int, status: str = "queued") -> None:
+        """Write n rows server-side (scale check set-up, not a measured path)."""
+        pool = await self.app.pool()
+        finished = "now()" if status != "queued" else "NULL"
+        await pool.execute(
+            f"""
+            INSERT INTO soniq_jobs (id, job_name, queue, args, status, max_attempts, attempts,
+                                   scheduled_at, created_at, finished_at)
+            SELECT gen_random_uuid(), $1, 'default', jsonb_build_object('i', g), $2, 4,
+                   CASE WHEN $2 = 'queued' THEN 0 ELSE 1 END,
+                   now() - interval '1 hour', now() - interval '1 hour', {finished}
+            FROM generate_series(1, $3) AS g
+            """,
+            JOB_NAME,
+            status,
+            n,
+        )
+        await pool.execute("ANALYZE soniq_jobs")
+
+
+def instrument(app: Soniq) -> str | None:
+    """Turn on every telemetry layer as the issue specifies: tracing sampled at 100 % through a
+    batch span processor (with an exporter that drops spans), Prometheus metrics, and logs
+    written to a file. Returns why it is not available, or None."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+        class DropExporter(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider(sampler=ALWAYS_ON)
+        provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+        trace.set_tracer_provider(provider)
+
+        log_file = os.path.join(tempfile.gettempdir(), f"soniq-bench-{os.getpid()}.log")
+        handler = logging.FileHandler(log_file)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        app.instrument(otel=True, prometheus=True, logs=True)
+    except (ImportError, NotImplementedError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
