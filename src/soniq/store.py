@@ -112,6 +112,7 @@ class Store:
                         max_size=self._max_size,
                         timeout=self.connect_timeout,
                         command_timeout=self.command_timeout,
+                        reset=_rollback_only,
                     )
                 except CONNECTION_ERRORS as exc:
                     raise self.unavailable(exc) from exc
@@ -258,6 +259,17 @@ class Store:
 
     async def queue_status(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.fetch(sql.QUEUE_STATUS)]
+
+
+async def _rollback_only(conn: asyncpg.Connection[Any]) -> None:
+    """Reset for connections going back to the pool.
+
+    asyncpg's default reset sends ``RESET ALL; UNLISTEN *; CLOSE ALL; ...`` on every release,
+    a second round trip for each enqueue and each worker round trip. asyncpg already rolls back
+    a transaction left open before calling this; that is all Soniq's own statements need (its
+    LISTEN runs on a connection outside the pool, its locks are transaction-scoped). Code that
+    borrows ``app.pool()`` connections should likewise not leave session state behind.
+    """
 
 
 def job_row_to_dict(row: asyncpg.Record) -> dict[str, Any]:
