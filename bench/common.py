@@ -15,6 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+# Worker processes run from the repository root, so ``-m bench.worker`` imports this package.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # The job every system runs: keyword payload {"i": n} for throughput runs, {"t": epoch} for
@@ -84,7 +87,7 @@ class WorkerProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            cwd=ROOT,
         )
 
     async def _line(self, timeout: float) -> str:

@@ -17,7 +17,7 @@ import os
 import platform
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,12 @@ DRAIN_VARIANTS: list[tuple[str, str, list[str]]] = [
 ]
 
 System = SoniqSystem | PgQueuerSystem | Minimal
+
+
+async def poll_until_zero(count: Callable[[], Awaitable[int]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and await count():  # noqa: ASYNC110 (a database count)
+        await asyncio.sleep(0.05)
 
 
 def log(msg: str) -> None:
@@ -181,7 +187,7 @@ class Bench:
         return {name: done / spent[name] for name in names}
 
     async def drain(self, variant: str, processes: int, n: int | None = None) -> float | str:
-        name, system_name, extra = next(v for v in DRAIN_VARIANTS if v[0] == variant)
+        _, system_name, extra = next(v for v in DRAIN_VARIANTS if v[0] == variant)
         n = n or self.sizes.drain
         await self.preload(system_name, n)
         return await self.run_drain(system_name, extra, processes, n)
@@ -236,9 +242,7 @@ class Bench:
                     await asyncio.sleep(delay)
                 # Warm-up jobs carry t=0 and are not recorded.
                 await system.enqueue_one({"i": i, "t": time.time() if i >= warmup else 0.0})
-            deadline = time.monotonic() + 30
-            while await system.remaining() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await poll_until_zero(system.remaining, 30)
             worker.send("STOP")
             result = await worker.finish()
         finally:

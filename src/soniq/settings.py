@@ -31,6 +31,12 @@ class Settings(BaseSettings):
 
     concurrency: int = Field(10, ge=1, description="Jobs one worker runs at once.")
     queues: list[str] | None = Field(None, description="Queues a worker takes; None is all.")
+    prefetch: int = Field(
+        100,
+        ge=0,
+        description="Most jobs a worker claims ahead of its free slots, so fast jobs do not "
+        "wait for a round trip; it claims only as many as it used in the last round trip.",
+    )
     thread_pool_size: int | None = Field(
         None, ge=1, description="Threads for plain `def` jobs; default: the concurrency."
     )

@@ -5,7 +5,7 @@ Table and column names live here only; the rest of the code calls :class:`soniq.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # One advisory lock key for migrations, so two processes running ``soniq setup`` at once
 # serialise instead of racing on CREATE statements.
@@ -81,6 +81,11 @@ MIGRATIONS: list[str] = [
         REFERENCING NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION soniq_notify_insert();
     """,
+    # 2: prefetch. A job held by a worker that died before the job's start was recorded goes
+    # back uncounted but ``suspect``; a worker records a suspect job's start before running it.
+    """
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS suspect boolean NOT NULL DEFAULT false;
+    """,
 ]
 
 CREATE_VERSION_TABLE = """
@@ -124,35 +129,49 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[]
 """
 
 # ---------------------------------------------------------------------------------------------
-# Worker: one round trip records the attempts that just finished and claims the next batch.
+# Worker: one round trip records what happened since the last one and claims the next batch.
 #
-# The finish half is fenced on (status, worker_id): a worker that lost its lease cannot
-# overwrite a row that another worker has since claimed.
+# A claim takes up to $9 rows. The first $13 of them (the worker's free slots) start at once:
+# their attempt is counted in the claim itself. The rest are claimed ahead (prefetch): they
+# are the worker's, but their attempt is not counted and started_at stays NULL until the
+# worker reports their start in a later round trip. So the row itself says whether its start
+# is known, and lease recovery can tell a job that was running (counted) from one that was
+# only waiting in a dead worker's buffer (put back uncounted).
+#
+# The record half carries, per job, its new status (NULL: it only started) and its absolute
+# attempt count, so resending a round trip whose answer was lost changes nothing. It is fenced
+# on (status, worker_id): a worker that lost its lease cannot overwrite a row that another
+# worker has since claimed.
 
 _FINISH = """
 fin AS (
     UPDATE soniq_jobs AS j SET
-        status       = f.status,
+        status       = coalesce(f.status, j.status),
         result       = f.result::jsonb,
         last_error   = coalesce(f.error, j.last_error),
         traceback    = coalesce(f.tb, j.traceback),
         scheduled_at = CASE WHEN f.status = 'queued'
                             THEN now() + make_interval(secs => f.delay)
                             ELSE j.scheduled_at END,
-        attempts     = j.attempts - f.refund,
-        finished_at  = CASE WHEN f.status = 'queued' THEN NULL ELSE now() END,
-        worker_id    = NULL,
+        attempts     = f.attempts,
+        started_at   = coalesce(j.started_at, now()),
+        finished_at  = CASE WHEN f.status IN ('done', 'dead_letter') THEN now() END,
+        worker_id    = CASE WHEN f.status IS NULL THEN j.worker_id END,
+        suspect      = f.status IS NULL AND j.suspect,
         trace_context = coalesce(f.tc::jsonb, j.trace_context)
     FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[],
-                $8::int[], $12::text[]) AS f(id, status, result, error, tb, delay, refund, tc)
+                $8::int[], $12::text[]) AS f(id, status, result, error, tb, delay, attempts, tc)
     WHERE j.id = f.id AND j.status = 'processing' AND j.worker_id = $1
     RETURNING 1
 )"""
 
+# ``attempt`` is the number of the attempt the worker is about to run, counted or not yet.
 _CLAIMED_COLUMNS = """
-    j.id, j.job_name, j.queue, j.args::text AS args, j.priority, j.attempts, j.max_attempts,
-    j.created_at, j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at,
-    extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s
+    j.id::text AS id, j.job_name, j.queue, j.args::text AS args, j.priority,
+    j.attempts + (NOT picked.counted)::int AS attempt, j.max_attempts, j.created_at,
+    j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at,
+    extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s,
+    picked.counted, j.suspect, picked.n
 """
 
 
@@ -162,20 +181,27 @@ def finish_and_claim(queue_filter: str) -> str:
     return f"""
 WITH {_FINISH},
 picked AS (
-    SELECT id FROM soniq_jobs
-    WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
-      AND job_name = ANY($10::text[])
-    ORDER BY {index_order}
-    LIMIT $9
-    FOR UPDATE SKIP LOCKED
+    SELECT id, n, n <= $13 AS counted FROM (
+        SELECT id, row_number() OVER (ORDER BY {index_order}) AS n FROM (
+            SELECT id, {index_order} FROM soniq_jobs
+            WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
+              AND job_name = ANY($10::text[])
+            ORDER BY {index_order}
+            LIMIT $9
+            FOR UPDATE SKIP LOCKED
+        ) AS locked
+    ) AS numbered
 ),
 claimed AS (
     UPDATE soniq_jobs AS j SET
-        status = 'processing', attempts = j.attempts + 1, worker_id = $1, started_at = now()
+        status = 'processing',
+        attempts = j.attempts + picked.counted::int,
+        started_at = CASE WHEN picked.counted THEN now() END,
+        worker_id = $1
     FROM picked WHERE j.id = picked.id
     RETURNING {_CLAIMED_COLUMNS}
 )
-SELECT * FROM claimed ORDER BY {index_order.replace("seq", "created_at")}
+SELECT * FROM claimed ORDER BY n
 """
 
 
@@ -203,28 +229,40 @@ HEARTBEAT = "UPDATE soniq_workers SET heartbeat_at = now() WHERE id = $1 RETURNI
 
 DEREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1"
 
-# Jobs whose worker stopped heartbeating go back to the queue with the attempt counted, or to
-# the dead-letter queue when that was their last one: a job that kills its worker every time
-# must not loop forever. scheduled_at is left alone, so a recovered job keeps its place in line
-# instead of waiting behind everything enqueued since.
+# Jobs whose worker stopped heartbeating go back to the queue. A job whose start was recorded
+# (started_at set) was running: its attempt counts, and when it was the last one the job goes
+# to the dead-letter queue, since a job that kills its worker every time must not loop forever.
+# A job the worker had claimed ahead but not yet reported as started goes back uncounted and is
+# marked suspect: it may have been the one that killed the worker, so the next worker records
+# its start before running it, and a second death counts.
+# scheduled_at is left alone, so a recovered job keeps its place in line instead of
+# waiting behind everything enqueued since.
 RECOVER_LOST_JOBS = """
 WITH lost AS (
-    SELECT j.id FROM soniq_jobs AS j
+    SELECT j.id, j.started_at IS NULL AS unstarted,
+           j.started_at IS NOT NULL AND j.attempts >= j.max_attempts AS exhausted
+    FROM soniq_jobs AS j
     WHERE j.status = 'processing'
       AND NOT EXISTS (
           SELECT 1 FROM soniq_workers AS w
           WHERE w.id = j.worker_id AND w.heartbeat_at > now() - make_interval(secs => $1))
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE soniq_jobs AS j SET
-    status      = CASE WHEN j.attempts >= j.max_attempts THEN 'dead_letter' ELSE 'queued' END,
-    last_error  = format('WorkerLost: worker %s stopped heartbeating during attempt %s'
-                         || CASE WHEN j.attempts >= j.max_attempts
-                                 THEN '; attempts exhausted (the job may be killing its worker)'
-                                 ELSE '' END,
-                         coalesce(j.worker_id, '?'), j.attempts),
-    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-    worker_id   = NULL
+    status      = CASE WHEN lost.exhausted THEN 'dead_letter' ELSE 'queued' END,
+    last_error  = CASE WHEN lost.unstarted
+                       THEN format('WorkerLost: worker %s stopped heartbeating before the start '
+                                   'of attempt %s was recorded; not counted',
+                                   coalesce(j.worker_id, '?'), j.attempts + 1)
+                       ELSE format('WorkerLost: worker %s stopped heartbeating during attempt %s'
+                                   || CASE WHEN lost.exhausted
+                                           THEN '; attempts exhausted (the job may be killing '
+                                                'its worker)'
+                                           ELSE '' END,
+                                   coalesce(j.worker_id, '?'), j.attempts) END,
+    finished_at = CASE WHEN lost.exhausted THEN now() END,
+    worker_id   = NULL,
+    suspect     = j.suspect OR lost.unstarted
 FROM lost WHERE j.id = lost.id
 RETURNING j.id, j.job_name, j.status
 """
@@ -234,10 +272,10 @@ DELETE FROM soniq_workers WHERE heartbeat_at < now() - make_interval(secs => $1)
 """
 
 # After an outage the worker may have lost a claim response in flight; anything it holds but
-# is not running goes back without using up an attempt.
+# is not running goes back without using up an attempt (only a recorded start counted one).
 RELEASE_UNTRACKED = """
-UPDATE soniq_jobs SET status = 'queued', attempts = attempts - 1, worker_id = NULL,
-                      started_at = NULL
+UPDATE soniq_jobs SET status = 'queued', attempts = attempts - (started_at IS NOT NULL)::int,
+                      worker_id = NULL, started_at = NULL
 WHERE worker_id = $1 AND status = 'processing' AND id <> ALL($2::uuid[])
 """
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -53,10 +53,15 @@ SETUP_HINT = "run `soniq setup` (or `await app.setup()`) against this database"
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """What an attempt left to be written: its new status and details."""
+    """What an attempt left to be written: its new status and details.
+
+    ``status`` None records only that the attempt started (it was claimed ahead, and is
+    running now). ``attempt`` is the attempt's number; the row's count becomes that number, or
+    one less with ``refund``, so writing the same record twice is harmless.
+    """
 
     id: str
-    status: str  # done | queued (retry or put back) | dead_letter
+    status: str | None  # done | queued (retry or put back) | dead_letter | None (started)
     result: str | None = None
     error: str | None = None
     traceback: str | None = None
@@ -65,6 +70,7 @@ class Finished:
     # JSON text replacing the job's trace_context (None keeps it): a failed attempt leaves its
     # own span context there so the next attempt can link to it.
     trace_context: str | None = None
+    attempt: int = field(kw_only=True)
 
 
 class Store:

@@ -1,8 +1,12 @@
 """The worker: claims jobs, runs each attempt through the middleware chain, records the outcome.
 
-One database round trip both records the attempts that just finished and claims as many new
-jobs as there are free slots. Liveness is a per-worker heartbeat row: a worker that stops
-beating for ``lease_seconds`` is dead, and any worker hands its jobs to the queue again.
+One database round trip records the attempts that finished (or started) since the last one
+and claims jobs: as many as there are free slots, counted as started, plus a few claimed ahead
+into a local buffer. A job that finishes starts the next buffered one at once, without waiting
+for the database, so fast jobs are not limited to one round trip per slot. Liveness is a
+per-worker heartbeat row: a worker that stops beating for ``lease_seconds`` is dead, and any
+worker hands its jobs to the queue again (see ``sql.RECOVER_LOST_JOBS`` for how a buffered job
+is told from a running one).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import socket
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -77,11 +82,22 @@ class Worker:
         self.heartbeat_interval = settings.heartbeat_interval
         self.grace_period = settings.grace_period
         self.done_retention = settings.done_retention
+        self.prefetch = settings.prefetch
 
         self._store: Store = app._store
         self._executor = JobExecutor(settings.thread_pool_size or concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._finished: list[Finished] = []
+        # Claimed ahead, not started (row, loop time of the claim); oldest first.
+        self._buffer: deque[tuple[asyncpg.Record, float]] = deque()
+        # Started from the buffer, start not yet written: job id -> attempt number.
+        self._unreported: dict[str, int] = {}
+        # Suspect jobs taken from the buffer: they hold a slot, and run once their start is
+        # written (a job that may kill its worker must have its attempt counted first).
+        self._prestart: list[tuple[asyncpg.Record, float]] = []
+        # Whether the queue may hold more than the last claim found.
+        self._maybe_more = True
+        self._used_last_trip = 0
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -175,13 +191,31 @@ class Worker:
     # -- main loop -------------------------------------------------------------------------
     async def _loop(self) -> None:
         outage_backoff = 0.0
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._refresh_chain()
             self._wake.clear()
-            free = self.concurrency - len(self._running)
+            self._fill_slots()
+            free = self.concurrency - len(self._running) - len(self._prestart)
+            # Claim ahead about what the last round trip used up (twice that, to grow): fast
+            # jobs keep the buffer full, slow ones leave nothing to other workers' loss.
+            ahead = min(self.prefetch, 2 * self._used_last_trip) - len(self._buffer)
+            want = free + max(0, ahead) if self._maybe_more else 0
+            if not (want or self._finished or self._unreported or self._prestart):
+                if self.run_once and not self._running and not self._buffer:
+                    return
+                if free <= 0 or self.run_once:
+                    await self._wake.wait()  # a finishing job frees a slot or leaves a result
+                else:
+                    await self._sleep(await self._idle_timeout())
+                self._maybe_more = True  # woken by NOTIFY, the poll, a due job or a slot
+                continue
             finished, self._finished = self._finished, []
+            starts = self._starts_to_record(finished)
+            # Only these have their start in this round trip; more may queue up meanwhile.
+            recorded = len(self._prestart)
             try:
-                rows = await self._round_trip(finished, free)
+                rows = await self._round_trip(finished, free, want, starts)
             except BAD_DATA_ERRORS as exc:
                 await self._finish_separately(finished, exc)
                 continue
@@ -202,46 +236,81 @@ class Worker:
                 # Unforeseen: the worker stops, but the final flush still tries to write these.
                 self._finished[:0] = finished
                 raise
+            self._used_last_trip = len(finished)
+            for f in starts:
+                self._unreported.pop(f.id, None)
+            prestart = self._prestart[:recorded]
+            del self._prestart[:recorded]
+            now = loop.time()
+            for row, claimed_at in prestart:
+                self._start(row, claimed_at)
             for row in rows:
-                self._start(row)
-            # After _start: the rows just claimed are running, not claims lost in flight.
+                if row["counted"]:
+                    self._start(row, now)
+                else:
+                    self._buffer.append((row, now))
+            # After _start: the rows just claimed are running or buffered, not claims lost in
+            # flight.
             if outage_backoff and await self._after_outage():
                 outage_backoff = 0.0
-            if rows and len(rows) == free:
-                continue  # slots are full now; the next finished job wakes us
+            if want:
+                self._maybe_more = len(rows) == want
             if any(f.status == "queued" and not f.refund for f in finished):
                 # A job just put back (retry, refund) was invisible to this statement's claim,
                 # which saw the table as it was before the finish: look again at once.
-                continue
-            if self.run_once and not self._running and not self._finished:
-                if not rows:
-                    return
-                continue
-            if len(self._running) >= self.concurrency or self._finished:
-                if not self._finished:
-                    await self._wake.wait()
-                continue
-            if self.run_once:
-                await self._wake.wait()
-                continue
-            await self._sleep(await self._idle_timeout())
+                self._maybe_more = True
 
-    async def _round_trip(self, finished: list[Finished], free: int) -> list[asyncpg.Record]:
+    def _fill_slots(self) -> None:
+        """Start buffered jobs in the free slots (called as each job ends, and by the loop)."""
+        if self._stopping:
+            return
+        while self._buffer and len(self._running) + len(self._prestart) < self.concurrency:
+            row, claimed_at = self._buffer.popleft()
+            if row["suspect"]:
+                self._prestart.append((row, claimed_at))
+            else:
+                self._unreported[row["id"]] = row["attempt"]
+                self._start(row, claimed_at)
+            self._wake.set()  # the loop writes the start soon
+
+    def _starts_to_record(self, finished: list[Finished]) -> list[Finished]:
+        """Start records for jobs that started without the database knowing yet; a job that
+        has also finished is covered by its finish record."""
+        if not self._unreported and not self._prestart:
+            return []
+        done = {f.id for f in finished}
+        for job_id in done.intersection(self._unreported):
+            del self._unreported[job_id]
+        starts = [Finished(i, None, attempt=a) for i, a in self._unreported.items()]
+        starts.extend(Finished(r["id"], None, attempt=r["attempt"]) for r, _ in self._prestart)
+        return starts
+
+    async def _round_trip(
+        self,
+        finished: list[Finished],
+        free: int,
+        want: int = 0,
+        starts: list[Finished] | None = None,
+    ) -> list[asyncpg.Record]:
+        """Record ``finished`` and ``starts``; claim up to ``want`` jobs, the first ``free`` of
+        them counted as started."""
+        records = finished + starts if starts else finished
         pool = await self._store.pool()
         return await pool.fetch(
             self._claim_sql,
             self.id,
-            [f.id for f in finished],
-            [f.status for f in finished],
-            [f.result for f in finished],
-            [f.error for f in finished],
-            [f.traceback for f in finished],
-            [f.delay_s for f in finished],
-            [f.refund for f in finished],
-            max(0, free),
+            [f.id for f in records],
+            [f.status for f in records],
+            [f.result for f in records],
+            [f.error for f in records],
+            [f.traceback for f in records],
+            [f.delay_s for f in records],
+            [f.attempt - f.refund for f in records],
+            max(0, want),
             self._known_names,
             self.queues,
-            [f.trace_context for f in finished],
+            [f.trace_context for f in records],
+            max(0, free),
             timeout=self._store.command_timeout,
         )
 
@@ -276,31 +345,40 @@ class Worker:
             await self._register()
             pool = await self._store.pool()
             # A job that finished since the round trip is neither running nor written yet:
-            # it is not a lost claim either.
-            keep = [*self._running, *(f.id for f in self._finished)]
-            await pool.execute(sql.RELEASE_UNTRACKED, self.id, keep)
+            # it is not a lost claim either; nor is one waiting in the buffer.
+            await pool.execute(sql.RELEASE_UNTRACKED, self.id, self._held_ids())
         except CONNECTION_ERRORS:
             return False
         return True
 
+    def _held_ids(self) -> list[str]:
+        """Jobs this worker holds and will still run or record."""
+        held = [*self._running, *(f.id for f in self._finished)]
+        held.extend(row["id"] for row, _ in self._buffer)
+        held.extend(row["id"] for row, _ in self._prestart)
+        return held
+
     # -- one attempt -----------------------------------------------------------------------
-    def _start(self, row: asyncpg.Record) -> None:
+    def _start(self, row: asyncpg.Record, claimed_at: float) -> None:
         spec = self.app.registry.find(row["job_name"])
-        job_id = str(row["id"])
+        job_id: str = row["id"]
+        attempt: int = row["attempt"]
         if spec is None:  # registry shrank at run time; put it back untouched
-            self._finished.append(Finished(job_id, "queued", refund=1))
+            self._unreported.pop(job_id, None)
+            self._finished.append(Finished(job_id, "queued", refund=1, attempt=attempt))
             return
+        waited = row["queue_wait_s"] + (asyncio.get_running_loop().time() - claimed_at)
         ctx = AttemptContext(
             job_id=job_id,
             job_name=spec.name,
             queue=row["queue"],
-            attempt=row["attempts"],
+            attempt=attempt,
             max_attempts=row["max_attempts"],
             priority=row["priority"],
             args=json.loads(row["args"]),
             enqueued_at=row["created_at"],
             scheduled_at=row["scheduled_at"],
-            queue_wait_s=max(0.0, row["queue_wait_s"]),
+            queue_wait_s=max(0.0, waited),
             worker_id=self.id,
             spec=spec,
             trace_context=parse_trace_context(row["trace_context"]),
@@ -316,7 +394,7 @@ class Worker:
             if ctx.job_id in self._executor.busy_threads:
                 self._held.add(ctx.job_id)  # its thread runs on; see _flush_final
             else:
-                self._record(Finished(ctx.job_id, "queued", refund=1))
+                self._record(Finished(ctx.job_id, "queued", refund=1, attempt=ctx.attempt))
             return
         except Exception as exc:
             if ctx.outcome is None or ctx.error is not exc:
@@ -331,10 +409,15 @@ class Worker:
                     raise
             self._record(self._failure(ctx, exc))
         else:
-            self._record(Finished(ctx.job_id, "done", result=self._encode_result(ctx, result)))
+            self._record(
+                Finished(
+                    ctx.job_id, "done", result=self._encode_result(ctx, result), attempt=ctx.attempt
+                )
+            )
         finally:
             self._running.pop(ctx.job_id, None)
             self._wake.set()
+            self._fill_slots()
 
     async def _thread_returned(self, ctx: AttemptContext) -> None:
         logger.warning(
@@ -359,8 +442,10 @@ class Worker:
         tc = json.dumps(ctx.trace_context) if ctx.trace_context else None
         if ctx.outcome == "retry":
             return Finished(ctx.job_id, "queued", error=error, traceback=tb,
-                            delay_s=ctx.retry_delay or 0.0, trace_context=tc)
-        return Finished(ctx.job_id, "dead_letter", error=error, traceback=tb, trace_context=tc)
+                            delay_s=ctx.retry_delay or 0.0, trace_context=tc,
+                            attempt=ctx.attempt)
+        return Finished(ctx.job_id, "dead_letter", error=error, traceback=tb, trace_context=tc,
+                        attempt=ctx.attempt)
 
     @staticmethod
     def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
