@@ -7,8 +7,10 @@ It stays thin: SQL lives in :mod:`soniq.sql` behind :class:`soniq.store.Store`, 
 from __future__ import annotations
 
 import math
+import os
+import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -203,14 +205,19 @@ class Soniq:
     ) -> list[str]:
         """Write a batch of one job in one statement; returns the ids in order."""
         spec = self._spec_of(job)
+        queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         jobs = []
-        for i, kwargs in enumerate(kwargs_list):
+        items = kwargs_list if isinstance(kwargs_list, Sequence) else list(kwargs_list)
+        rand = os.urandom(10 * len(items)).hex()
+        for i, kwargs in enumerate(items):
             if not isinstance(kwargs, Mapping):
                 raise JobArgumentsError(
                     f"enqueue_many({spec.name!r}, ...): item {i} is {type(kwargs).__name__}, "
                     f"expected a dict of keyword arguments"
                 )
-            jobs.append(self._pending(spec, dict(kwargs), queue, priority, scheduled_at))
+            args_json = spec.bind(kwargs if type(kwargs) is dict else dict(kwargs))
+            job_id = new_job_id(rand[20 * i : 20 * i + 20])
+            jobs.append(PendingJob(job_id, spec, queue_, args_json, priority_, at, delay))
         if jobs:
             await self._enqueue_chain()(EnqueueContext(jobs, batch=True, connection=connection))
         return [j.id for j in jobs]
@@ -234,22 +241,8 @@ class Soniq:
         priority: int | None,
         scheduled_at: datetime | timedelta | float | None,
     ) -> PendingJob:
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise ConfigurationError(
-                f"priority must be an int (lower runs first), not {priority!r}"
-            )
-        at, delay = _when(scheduled_at)
-        return PendingJob(
-            id=str(uuid.uuid4()),
-            spec=spec,
-            queue=queue or spec.queue,
-            args_json=spec.bind(kwargs),
-            priority=spec.priority if priority is None else priority,
-            scheduled_at=at,
-            delay_s=delay,
-        )
+        queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
+        return PendingJob(new_job_id(), spec, queue_, spec.bind(kwargs), priority_, at, delay)
 
     def _enqueue_chain(self) -> EnqueueNext:
         if self.middleware.version != self._enqueue_version:
@@ -312,6 +305,44 @@ class Soniq:
     def _worker_stopped(self, worker: Worker) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
+
+
+def _placement(
+    spec: JobSpec,
+    queue: str | None,
+    priority: int | None,
+    scheduled_at: datetime | timedelta | float | None,
+) -> tuple[str, int, datetime | None, float]:
+    """Queue, priority, absolute time and delay for jobs of ``spec``, checked once per call."""
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise ConfigurationError(
+            f"priority must be an int (lower runs first), not {priority!r}"
+        )
+    at, delay = _when(scheduled_at)
+    return queue or spec.queue, spec.priority if priority is None else priority, at, delay
+
+
+def new_job_id(rand: str | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, the version, 74 random bits.
+
+    Ids sort by creation time, so each new row and each new row version lands on the right-most
+    pages of the primary key instead of a random page: fewer pages touched and written per job.
+    ``rand`` is 20 random hex digits (a batch reads them from the OS in one call).
+    """
+    millis = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
+    if rand is None:
+        rand = os.urandom(10).hex()
+    # version nibble 7; the variant takes the top two bits of the fourth group (10xx)
+    return (
+        f"{millis[:8]}-{millis[8:]}-7{rand[:3]}-"
+        f"{_VARIANT[rand[3]]}{rand[4:7]}-{rand[7:19]}"
+    )
+
+
+# A random hex digit -> the same digit with its top two bits set to the RFC 9562 variant (10).
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _when(value: datetime | timedelta | float | None) -> tuple[datetime | None, float]:

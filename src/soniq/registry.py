@@ -6,7 +6,7 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .backoff import Backoff
@@ -14,6 +14,9 @@ from .context import JobContext
 from .errors import ConfigurationError, JobArgumentsError, UnknownJobError
 
 TraceParent = Literal["child", "link", "none"]
+
+# One encoder for every enqueue and result: json.dumps with options builds a new one per call.
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,22 @@ class JobSpec:
     context_param: str | None
     signature: inspect.Signature
     trace_parent: TraceParent | None = None
+    # Derived from ``signature`` once, so enqueue checks arguments with two set operations.
+    _accepted: frozenset[str] = field(init=False, repr=False, compare=False)
+    _required: frozenset[str] = field(init=False, repr=False, compare=False)
+    _any_keyword: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        params = self.signature.parameters.values()
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        accepted = frozenset(p.name for p in params if p.kind in named)
+        required = frozenset(
+            p.name for p in params if p.kind in named and p.default is inspect.Parameter.empty
+        )
+        any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        object.__setattr__(self, "_accepted", accepted)
+        object.__setattr__(self, "_required", required)
+        object.__setattr__(self, "_any_keyword", any_keyword)
 
     @property
     def max_attempts(self) -> int:
@@ -55,8 +74,11 @@ class JobSpec:
                 f"Job {self.name!r}: {self.context_param!r} is filled in by Soniq with the "
                 f"JobContext; do not pass it to enqueue"
             )
+        keys = kwargs.keys()
+        fits = keys >= self._required and (self._any_keyword or keys <= self._accepted)
         try:
-            self.signature.bind(**kwargs)
+            if not fits:  # let inspect find what is wrong and say it
+                self.signature.bind(**kwargs)
         except TypeError as exc:
             raise JobArgumentsError(
                 f"Job {self.name!r} cannot take these arguments: {exc}. "
@@ -64,7 +86,7 @@ class JobSpec:
                 f"match it"
             ) from None
         try:
-            return json.dumps(kwargs, separators=(",", ":"), allow_nan=False)
+            return COMPACT_JSON.encode(kwargs)
         except (TypeError, ValueError):
             raise JobArgumentsError(_unserialisable(self.name, kwargs)) from None
 

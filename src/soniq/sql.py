@@ -81,10 +81,21 @@ MIGRATIONS: list[str] = [
         REFERENCING NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION soniq_notify_insert();
     """,
-    # 2: prefetch. A job held by a worker that died before the job's start was recorded goes
-    # back uncounted but ``suspect``; a worker records a suspect job's start before running it.
+    # 2: prefetch, and a cheaper enqueue.
+    # - A job held by a worker that died before the job's start was recorded goes back
+    #   uncounted but ``suspect``; a worker records a suspect job's start before running it.
+    # - The due index holds only rows that were ever scheduled later than created (delayed
+    #   jobs, retries, jobs put back): a job enqueued ready, nearly all of them, costs one
+    #   index entry less. NEXT_DUE carries the same predicate.
+    # - The INSERT statements notify by themselves (see INSERT_JOB), so the statement
+    #   trigger, its transition table and its plpgsql call are gone from every enqueue.
     """
     ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS suspect boolean NOT NULL DEFAULT false;
+    DROP INDEX IF EXISTS soniq_jobs_due;
+    CREATE INDEX soniq_jobs_due ON soniq_jobs (scheduled_at)
+        WHERE status = 'queued' AND scheduled_at > created_at;
+    DROP TRIGGER IF EXISTS soniq_jobs_notify ON soniq_jobs;
+    DROP FUNCTION IF EXISTS soniq_notify_insert();
     """,
 ]
 
@@ -110,22 +121,48 @@ LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1)"
 # ---------------------------------------------------------------------------------------------
 # Enqueue. scheduled_at: an absolute time ($7) wins, else now() + delay seconds ($8), both
 # evaluated on the database clock so workers and producers never disagree about "due".
+#
+# Each INSERT notifies the queues it touched, in the same statement: pg_notify is
+# transactional, so the notification goes out at commit and a rolled-back transactional enqueue
+# wakes nobody; identical payloads within a transaction are folded into one.
 
-INSERT_JOB = """
-INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
-                        trace_context)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6, coalesce($7, now() + make_interval(secs => $8)),
-        $9::jsonb)
+INSERT_JOB = f"""
+WITH job AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                            trace_context)
+    VALUES ($1, $2, $3, $4::jsonb, $5, $6, coalesce($7, now() + make_interval(secs => $8)),
+            $9::jsonb)
+    RETURNING queue
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', queue) FROM job
 """
 
-INSERT_JOBS = """
-INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
-                        trace_context)
-SELECT j.id, j.job_name, j.queue, j.args::jsonb, j.priority, j.max_attempts,
-       coalesce(j.at, now() + make_interval(secs => j.delay)), j.tc::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
-            $7::timestamptz[], $8::float8[], $9::text[])
-     AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc)
+INSERT_JOBS = f"""
+WITH job AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                            trace_context)
+    SELECT j.id, j.job_name, j.queue, j.args::jsonb, j.priority, j.max_attempts,
+           coalesce(j.at, now() + make_interval(secs => j.delay)), j.tc::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                $7::timestamptz[], $8::float8[], $9::text[])
+         AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc)
+    RETURNING queue
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', q.queues)
+FROM (SELECT string_agg(DISTINCT queue, ',') AS queues FROM job) AS q
+"""
+
+# enqueue_many's usual case: one job name, queue, priority and schedule for the whole batch,
+# so only ids, arguments and trace contexts travel as arrays.
+INSERT_UNIFORM_JOBS = f"""
+WITH job AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                            trace_context)
+    SELECT j.id, $4, $5, j.args::jsonb, $6, $7, coalesce($8, now() + make_interval(secs => $9)),
+           j.tc::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::text[]) AS j(id, args, tc)
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', $5::text)
 """
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +252,7 @@ QUEUE_FILTER_ALL = "AND ($11::text[] IS NULL OR TRUE)"
 NEXT_DUE = """
 SELECT extract(epoch FROM min(scheduled_at) - now())::float8
 FROM soniq_jobs
-WHERE status = 'queued' AND scheduled_at > now()
+WHERE status = 'queued' AND scheduled_at > now() AND scheduled_at > created_at
   AND ($1::text[] IS NULL OR queue = ANY($1::text[])) AND job_name = ANY($2::text[])
 """
 

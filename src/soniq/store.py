@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -93,6 +94,8 @@ class Store:
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._pool_lock = asyncio.Lock()
         self._schema_checked = False
+        self._solo: asyncpg.Connection[Any] | None = None
+        self._solo_busy = False
 
     async def resolve(self) -> str:
         """The URL, starting an embedded server first if that is where it comes from."""
@@ -112,10 +115,12 @@ class Store:
             if self._pool is None:
                 url = await self.resolve()
                 try:
+                    # The enqueue connection (see insert) is one of max_size.
+                    max_size = max(1, self._max_size - 1)
                     self._pool = await asyncpg.create_pool(
                         url,
-                        min_size=self._min_size,
-                        max_size=self._max_size,
+                        min_size=min(self._min_size, max_size),
+                        max_size=max_size,
                         timeout=self.connect_timeout,
                         command_timeout=self.command_timeout,
                         reset=_rollback_only,
@@ -141,6 +146,10 @@ class Store:
         )
 
     async def close(self) -> None:
+        solo, self._solo = self._solo, None
+        if solo is not None and not solo.is_closed():
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await solo.close(timeout=self.connect_timeout)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -216,6 +225,20 @@ class Store:
                 j.delay_s,
                 json.dumps(j.trace_context) if j.trace_context else None,
             )
+        elif _uniform(jobs):
+            j = jobs[0]
+            query = sql.INSERT_UNIFORM_JOBS
+            args = (
+                [j.id for j in jobs],
+                [j.args_json for j in jobs],
+                [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
+                j.spec.name,
+                j.queue,
+                j.priority,
+                j.spec.max_attempts,
+                j.scheduled_at,
+                j.delay_s,
+            )
         else:
             query = sql.INSERT_JOBS
             args = (
@@ -232,9 +255,8 @@ class Store:
         try:
             if conn is not None:
                 await conn.execute(query, *args)
-                return
-            pool = await self.pool()
-            await pool.execute(query, *args, timeout=self.command_timeout)
+            else:
+                await self._execute(query, args)
         except BAD_DATA_ERRORS as exc:
             names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
             raise JobArgumentsError(
@@ -245,6 +267,32 @@ class Store:
             if conn is not None:
                 raise  # the caller's own connection: theirs to handle
             raise self.unavailable(exc) from exc
+
+    async def _execute(self, query: str, args: tuple[Any, ...]) -> None:
+        """Run an enqueue statement on Soniq's own connections."""
+        if self._solo_busy or self._max_size < 2:
+            pool = await self.pool()
+            await pool.execute(query, *args, timeout=self.command_timeout)
+            return
+        # One connection is kept for enqueues that find it free (a producer enqueueing one job
+        # after another always does): a pool's acquire and release cost about as much Python
+        # as the statement itself.
+        self._solo_busy = True
+        try:
+            solo = self._solo
+            if solo is None or solo.is_closed():
+                solo = self._solo = await self.connect()
+            await solo.execute(query, *args, timeout=self.command_timeout)
+        except CONNECTION_ERRORS:
+            self._drop_solo()
+            raise
+        finally:
+            self._solo_busy = False
+
+    def _drop_solo(self) -> None:
+        if self._solo is not None:
+            self._solo.terminate()
+            self._solo = None
 
     # -- inspection ------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -265,6 +313,13 @@ class Store:
 
     async def queue_status(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.fetch(sql.QUEUE_STATUS)]
+
+
+def _uniform(jobs: Sequence[PendingJob]) -> bool:
+    """Whether every job shares the first one's name, queue, priority and schedule."""
+    first = jobs[0]
+    key = (first.spec, first.queue, first.priority, first.scheduled_at, first.delay_s)
+    return all((j.spec, j.queue, j.priority, j.scheduled_at, j.delay_s) == key for j in jobs)
 
 
 async def _rollback_only(conn: asyncpg.Connection[Any]) -> None:

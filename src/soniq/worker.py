@@ -32,6 +32,7 @@ from .context import AttemptContext
 from .errors import ConfigurationError
 from .executor import JobExecutor
 from .middleware import CallNext, Middleware, compose
+from .registry import COMPACT_JSON
 from .store import (
     BAD_DATA_ERRORS,
     CONNECTION_ERRORS,
@@ -452,7 +453,7 @@ class Worker:
         if result is None:
             return None
         try:
-            return json.dumps(result, separators=(",", ":"), allow_nan=False)
+            return COMPACT_JSON.encode(result)
         except Exception as exc:  # TypeError, ValueError, RecursionError (too deep) ...
             logger.warning(
                 "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
