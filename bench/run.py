@@ -220,37 +220,59 @@ class Bench:
             raise RuntimeError(f"{system_name} drain left {left} jobs, ran {ran} of {n}")
         return n / elapsed
 
-    async def latency(self, name: str) -> list[float]:
-        """Enqueue at a steady rate into a running worker; returns enqueue-to-start latencies
-        (seconds) of the jobs enqueued after a one-second warm-up."""
-        system = self.systems[name]
-        await system.reset()
-        extra = ["--config", "b10"] if name == "pgqueuer" else []
-        worker = WorkerProcess([name, self.urls[name], "serve", *extra])
+    async def latency(self, names: list[str]) -> dict[str, list[float]]:
+        """Enqueue one job at a time at a steady rate into each system's running worker;
+        returns enqueue-to-start latencies (seconds) per system.
+
+        All workers run at once (an idle one costs nothing) and the producer feeds them in
+        one-second turns, so a noisy neighbour hits all systems alike. Each system's first
+        turn is a warm-up and is not recorded.
+        """
+        workers: dict[str, WorkerProcess] = {}
+        for name in names:
+            await self.systems[name].reset()
+            extra = ["--config", "b10"] if name == "pgqueuer" else []
+            workers[name] = WorkerProcess([name, self.urls[name], "serve", *extra])
         try:
-            await worker.start()
-            await worker.wait_ready()
-            worker.send("GO")
-            await asyncio.sleep(0.3)  # let it reach its idle wait
+            for w in workers.values():
+                await w.start()
+            for w in workers.values():
+                await w.wait_ready()
+            for w in workers.values():
+                w.send("GO")
+            await asyncio.sleep(0.3)  # let them reach their idle wait
             rate = self.sizes.latency_rate
-            warmup = int(rate)
-            total = warmup + int(rate * self.sizes.latency_seconds)
-            start = time.monotonic()
-            for i in range(total):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                # Warm-up jobs carry t=0 and are not recorded.
-                await system.enqueue_one({"i": i, "t": time.time() if i >= warmup else 0.0})
-            await poll_until_zero(system.remaining, 30)
-            worker.send("STOP")
-            result = await worker.finish()
+            per_turn = int(rate)
+            turns = 1 + max(1, round(self.sizes.latency_seconds))
+            sent = dict.fromkeys(names, 0)
+            for turn in range(turns):
+                shift = turn % len(names)
+                for name in names[shift:] + names[:shift]:
+                    system = self.systems[name]
+                    start = time.monotonic()
+                    for i in range(per_turn):
+                        delay = start + i / rate - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        # Warm-up jobs carry t=0 and are not recorded.
+                        t = time.time() if turn else 0.0
+                        await system.enqueue_one({"i": i, "t": t})
+                    sent[name] += per_turn if turn else 0
+                    # Let the last jobs of this turn start before the next system's turn.
+                    await poll_until_zero(system.remaining, 30)
+            for w in workers.values():
+                w.send("STOP")
+            results = {name: await w.finish() for name, w in workers.items()}
         finally:
-            await worker.kill()
-        lat: list[float] = result["latencies"]
-        if len(lat) < total - warmup:
-            raise RuntimeError(f"{name}: only {len(lat)} of {total - warmup} latency samples")
-        return lat
+            for w in workers.values():
+                await w.kill()
+        out: dict[str, list[float]] = {}
+        for name, result in results.items():
+            lat: list[float] = result["latencies"]
+            if len(lat) < sent[name]:
+                raise RuntimeError(f"{name}: only {len(lat)} of {sent[name]} latency samples")
+            out[name] = lat
+        return out
 
     # -- scale check (Soniq only) ----------------------------------------------------------
     async def scale(self) -> None:
@@ -304,8 +326,8 @@ class Bench:
                         else:
                             self.results[key][variant].append(got)
             if self.wanted("latency"):
-                for name in order:
-                    self.results["latency"][name].append(await self.latency(name))
+                for name, samples in (await self.latency(order)).items():
+                    self.results["latency"][name].append(samples)
             log("round done")
         if self.with_scale and self.wanted("scale"):
             await self.scale()
