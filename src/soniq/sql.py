@@ -219,8 +219,10 @@ def finish_and_claim(queue_filter: str) -> str:
 WITH {_FINISH},
 picked AS (
     SELECT id, n, n <= $13 AS counted FROM (
-        SELECT id, row_number() OVER (ORDER BY {index_order}) AS n FROM (
-            SELECT id, {index_order} FROM soniq_jobs
+        -- Numbered as the ordered scan delivers them (no second sort): which rows count as
+        -- started first only decides start order within the batch, never correctness.
+        SELECT id, row_number() OVER () AS n FROM (
+            SELECT id FROM soniq_jobs
             WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
               AND job_name = ANY($10::text[])
             ORDER BY {index_order}
