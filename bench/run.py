@@ -218,6 +218,13 @@ class Bench:
         ran = sum(r["ran"] for r in results)
         if left or ran < n:
             raise RuntimeError(f"{system_name} drain left {left} jobs, ran {ran} of {n}")
+        if "spans" in results[0]:
+            # One process span per attempt and a job.started and job.done line per job, at
+            # least: fewer would mean telemetry was dropped and the figure flattered.
+            spans = sum(r["spans"] for r in results)
+            lines = sum(r["log_lines"] for r in results)
+            if spans < n or lines < 2 * n:
+                raise RuntimeError(f"telemetry dropped: {spans} spans, {lines} log lines")
         return n / elapsed
 
     async def latency(self, names: list[str]) -> dict[str, list[float]]:

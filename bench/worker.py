@@ -39,12 +39,14 @@ async def main() -> None:
 
     stdin = await stdin_reader()
     worker: Any
+    telemetry: Any = None
     if opts.system == "soniq":
-        from bench.sys_soniq import instrument, make_app
+        from bench.sys_soniq import Telemetry, make_app
 
         app = make_app(opts.url, job)
         if opts.instrument:
-            missing = instrument(app)
+            telemetry = Telemetry()
+            missing = telemetry.install(app)
             if missing is not None:
                 emit("READY")
                 await read_word(stdin)
@@ -75,7 +77,10 @@ async def main() -> None:
     started = now()
     if opts.mode == "drain":
         await run()
-        emit("RESULT", {"start": started, "end": now(), "ran": ran})
+        result = {"start": started, "end": now(), "ran": ran}
+        if telemetry is not None:
+            result.update(telemetry.finish())
+        emit("RESULT", result)
         return
     task = asyncio.create_task(run())
     word_task = asyncio.create_task(read_word(stdin))
