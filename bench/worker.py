@@ -25,20 +25,27 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--config", default="b10", help="pgqueuer configuration")
     parser.add_argument("--instrument", action="store_true", help="Soniq: all telemetry on")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="drain: stop after this many jobs (Soniq only)"
+    )
     opts = parser.parse_args()
 
     latencies: list[float] = []
     ran = 0
+    reached = 0.0
+    worker: Any = None
 
     async def job(payload: dict[str, Any]) -> None:
-        nonlocal ran
+        nonlocal ran, reached
         ran += 1
+        if ran == opts.limit:
+            reached = now()
+            worker.stop()
         t = payload.get("t")
         if t:
             latencies.append(time.time() - t)
 
     stdin = await stdin_reader()
-    worker: Any
     telemetry: Any = None
     if opts.system == "soniq":
         from bench.sys_soniq import Telemetry, make_app
@@ -55,7 +62,7 @@ async def main() -> None:
         await app.pool()
         worker = app.worker(
             concurrency=opts.concurrency,
-            run_once=opts.mode == "drain",
+            run_once=opts.mode == "drain" and not opts.limit,
             install_signal_handlers=False,
         )
         run = worker.run
@@ -77,7 +84,7 @@ async def main() -> None:
     started = now()
     if opts.mode == "drain":
         await run()
-        result = {"start": started, "end": now(), "ran": ran}
+        result = {"start": started, "end": reached or now(), "ran": ran}
         if telemetry is not None:
             result.update(telemetry.finish())
         emit("RESULT", result)

@@ -137,6 +137,16 @@ WITH job AS (
 SELECT pg_notify('{NOTIFY_CHANNEL}', queue) FROM job
 """
 
+# The usual single enqueue: ready now, no trace context; the column defaults fill the rest.
+INSERT_READY_JOB = f"""
+WITH job AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts)
+    VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+    RETURNING queue
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', queue) FROM job
+"""
+
 INSERT_JOBS = f"""
 WITH job AS (
     INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,

@@ -96,6 +96,7 @@ class Store:
         self._schema_checked = False
         self._solo: asyncpg.Connection[Any] | None = None
         self._solo_busy = False
+        self._solo_loop: asyncio.AbstractEventLoop | None = None
 
     async def resolve(self) -> str:
         """The URL, starting an embedded server first if that is where it comes from."""
@@ -210,11 +211,18 @@ class Store:
     async def insert(
         self, jobs: Sequence[PendingJob], conn: Connection | None
     ) -> None:
-        await self.check_schema(conn)
-        if len(jobs) == 1:
+        if not self._schema_checked:
+            await self.check_schema(conn)
+        if len(jobs) == 1 and _ready_plain(jobs[0]):
             j = jobs[0]
-            query: str = sql.INSERT_JOB
+            query: str = sql.INSERT_READY_JOB
             args: tuple[Any, ...] = (
+                j.id, j.spec.name, j.queue, j.args_json, j.priority, j.spec.max_attempts
+            )
+        elif len(jobs) == 1:
+            j = jobs[0]
+            query = sql.INSERT_JOB
+            args = (
                 j.id,
                 j.spec.name,
                 j.queue,
@@ -277,12 +285,22 @@ class Store:
         # One connection is kept for enqueues that find it free (a producer enqueueing one job
         # after another always does): a pool's acquire and release cost about as much Python
         # as the statement itself.
+        loop = asyncio.get_running_loop()
+        if self._solo_loop is not loop:  # an app used again under a new event loop
+            self._solo, self._solo_loop = None, loop
         self._solo_busy = True
         try:
             solo = self._solo
             if solo is None or solo.is_closed():
                 solo = self._solo = await self.connect()
             await solo.execute(query, *args, timeout=self.command_timeout)
+        except asyncio.TimeoutError as exc:
+            # asyncpg sends the server a cancel request and keeps the connection (or drops it
+            # if the cancel fails): the statement is stopped, not left to commit later.
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {self.display_url} did not finish an enqueue within "
+                f"{self.command_timeout:g}s (command_timeout); the server was asked to cancel it"
+            ) from exc
         except CONNECTION_ERRORS:
             self._drop_solo()
             raise
@@ -313,6 +331,11 @@ class Store:
 
     async def queue_status(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.fetch(sql.QUEUE_STATUS)]
+
+
+def _ready_plain(job: PendingJob) -> bool:
+    """Ready now and without trace context: the column defaults are right for it."""
+    return job.scheduled_at is None and job.delay_s == 0.0 and not job.trace_context
 
 
 def _uniform(jobs: Sequence[PendingJob]) -> bool:
