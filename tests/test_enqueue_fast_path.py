@@ -79,13 +79,13 @@ async def test_an_enqueue_that_hangs_fails_after_command_timeout(
             async def cancelled() -> bool:
                 waiting = await db.fetchval(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND state = 'active' "
-                    "AND query LIKE '%INSERT INTO soniq_jobs%' "
-                    "AND pid <> pg_backend_pid()"
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                    "AND query LIKE '%INSERT INTO soniq_jobs%'"
                 )
                 return bool(waiting == 0)
 
-            # The statement is cancelled on the server, not left to commit once the lock goes.
+            # The statement is cancelled on the server, not left waiting to commit once the lock
+            # goes.
             await wait_until(cancelled, timeout=10, what="the stuck INSERT to be cancelled")
         assert 1.9 < waited < 10.0
         # The stuck connection was dropped; the next enqueue opens a new one.
