@@ -86,7 +86,7 @@ MIGRATIONS: list[str] = [
     #   uncounted but ``suspect``; a worker records a suspect job's start before running it.
     # - The due index holds only rows that were ever scheduled later than created (delayed
     #   jobs, retries, jobs put back): a job enqueued ready, nearly all of them, costs one
-    #   index entry less. NEXT_DUE carries the same predicate.
+    #   index entry less. The claim's next-due query carries the same predicate.
     # - The INSERT statements notify by themselves (see INSERT_JOB), so the statement
     #   trigger, its transition table and its plpgsql call are gone from every enqueue.
     """
@@ -249,8 +249,18 @@ claimed AS (
         worker_id = $1
     FROM picked WHERE j.id = picked.id
     RETURNING {_CLAIMED_COLUMNS}
+),
+-- A claim that came back short leaves the worker idle: it also learns, in the same round
+-- trip, when the next delayed job or retry it could run comes due (none claimed: one row of
+-- NULLs carrying just that).
+due AS (
+    SELECT CASE WHEN (SELECT count(*) FROM claimed) < $9 THEN (
+        SELECT extract(epoch FROM min(scheduled_at) - now())::float8 FROM soniq_jobs
+        WHERE status = 'queued' AND scheduled_at > now() AND scheduled_at > created_at
+          {queue_filter} AND job_name = ANY($10::text[])
+    ) END AS next_due_s
 )
-SELECT * FROM claimed ORDER BY n
+SELECT claimed.*, due.next_due_s FROM due LEFT JOIN claimed ON true ORDER BY claimed.n
 """
 
 
@@ -259,14 +269,6 @@ SELECT * FROM claimed ORDER BY n
 QUEUE_FILTER_ONE = "AND queue = ($11::text[])[1]"
 QUEUE_FILTER_MANY = "AND queue = ANY($11::text[])"
 QUEUE_FILTER_ALL = "AND ($11::text[] IS NULL OR TRUE)"
-
-# Seconds until the next delayed job or retry this worker could run comes due.
-NEXT_DUE = """
-SELECT extract(epoch FROM min(scheduled_at) - now())::float8
-FROM soniq_jobs
-WHERE status = 'queued' AND scheduled_at > now() AND scheduled_at > created_at
-  AND ($1::text[] IS NULL OR queue = ANY($1::text[])) AND job_name = ANY($2::text[])
-"""
 
 REGISTER_WORKER = """
 INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency)

@@ -99,6 +99,8 @@ class Worker:
         # Whether the queue may hold more than the last claim found.
         self._maybe_more = True
         self._used_last_trip = 0
+        # When the next delayed job or retry comes due (loop time), as the last short claim saw.
+        self._due_at: float | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -208,7 +210,7 @@ class Worker:
                 if free <= 0 or self.run_once:
                     await self._wake.wait()  # a finishing job frees a slot or leaves a result
                 else:
-                    await self._sleep(await self._idle_timeout())
+                    await self._sleep(self._idle_timeout(loop.time()))
                 self._maybe_more = True  # woken by NOTIFY, the poll, a due job or a slot
                 continue
             finished, self._finished = self._finished, []
@@ -237,6 +239,13 @@ class Worker:
                 # Unforeseen: the worker stops, but the final flush still tries to write these.
                 self._finished[:0] = finished
                 raise
+            # Every row carries when the next delayed job comes due (if the claim was short);
+            # with nothing claimed, one row of NULLs carries only that.
+            due: float | None = rows[0]["next_due_s"]
+            if rows[0]["id"] is None:
+                rows = []
+            if want and len(rows) < want:
+                self._due_at = None if due is None else loop.time() + due
             self._used_last_trip = len(finished)
             for f in starts:
                 self._unreported.pop(f.id, None)
@@ -315,17 +324,12 @@ class Worker:
             timeout=self._store.command_timeout,
         )
 
-    async def _idle_timeout(self) -> float:
-        try:
-            pool = await self._store.pool()
-            due = await pool.fetchval(
-                sql.NEXT_DUE, self.queues, self._known_names, timeout=self._store.command_timeout
-            )
-        except CONNECTION_ERRORS:
+    def _idle_timeout(self, now: float) -> float:
+        """How long an idle worker waits: until the next delayed job comes due, at most the
+        poll interval (NOTIFY wakes it sooner)."""
+        if self._due_at is None:
             return self.poll_interval
-        if due is None:
-            return self.poll_interval
-        return min(self.poll_interval, max(0.0, float(due)))
+        return min(self.poll_interval, max(0.0, self._due_at - now))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
