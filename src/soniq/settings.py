@@ -32,10 +32,11 @@ class Settings(BaseSettings):
     concurrency: int = Field(10, ge=1, description="Jobs one worker runs at once.")
     queues: list[str] | None = Field(None, description="Queues a worker takes; None is all.")
     prefetch: int = Field(
-        100,
+        200,
         ge=0,
         description="Most jobs a worker claims ahead of its free slots, so fast jobs do not "
-        "wait for a round trip; it claims only as many as it used in the last round trip.",
+        "wait for a round trip; it claims about three round trips' worth of its start rate, "
+        "so slow jobs are not held back from other workers.",
     )
     thread_pool_size: int | None = Field(
         None, ge=1, description="Threads for plain `def` jobs; default: the concurrency."

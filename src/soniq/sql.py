@@ -86,7 +86,7 @@ MIGRATIONS: list[str] = [
     #   uncounted but ``suspect``; a worker records a suspect job's start before running it.
     # - The due index holds only rows that were ever scheduled later than created (delayed
     #   jobs, retries, jobs put back): a job enqueued ready, nearly all of them, costs one
-    #   index entry less. The claim's next-due query carries the same predicate.
+    #   index entry less. The next-due queries carry the same predicate.
     # - The INSERT statements notify by themselves (see INSERT_JOB), so the statement
     #   trigger, its transition table and its plpgsql call are gone from every enqueue.
     """
@@ -186,9 +186,9 @@ SELECT pg_notify('{NOTIFY_CHANNEL}', $5::text)
 # only waiting in a dead worker's buffer (put back uncounted).
 #
 # The record half carries, per job, its new status (NULL: it only started) and its absolute
-# attempt count, so resending a round trip whose answer was lost changes nothing. It is fenced
-# on (status, worker_id): a worker that lost its lease cannot overwrite a row that another
-# worker has since claimed.
+# attempt count ($2-$8 and $12; plain successes alone in $14-$16), so resending a round trip
+# whose answer was lost changes nothing. It is fenced on (status, worker_id): a worker that lost
+# its lease cannot overwrite a row that another worker has since claimed.
 
 _FINISH = """
 fin AS (
@@ -206,8 +206,14 @@ fin AS (
         worker_id    = CASE WHEN f.status IS NULL THEN j.worker_id END,
         suspect      = f.status IS NULL AND j.suspect,
         trace_context = coalesce(f.tc::jsonb, j.trace_context)
-    FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[],
-                $8::int[], $12::text[]) AS f(id, status, result, error, tb, delay, attempts, tc)
+    FROM (
+        SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::float8[], $8::int[], $12::text[])
+        UNION ALL
+        -- Most records are plain successes: three short arrays instead of eight.
+        SELECT id, 'done', result, NULL, NULL, 0, attempts, NULL
+        FROM unnest($14::uuid[], $15::int[], $16::text[]) AS d(id, attempts, result)
+    ) AS f(id, status, result, error, tb, delay, attempts, tc)
     WHERE j.id = f.id AND j.status = 'processing' AND j.worker_id = $1
     RETURNING 1
 )"""
@@ -222,10 +228,16 @@ _CLAIMED_COLUMNS = """
 """
 
 
-def finish_and_claim(queue_filter: str) -> str:
-    """The worker's round trip. ``queue_filter`` is one of the QUEUE_FILTER_* fragments."""
+def finish_and_claim(queue_filter: str, with_due: bool = False) -> str:
+    """The worker's round trip. ``queue_filter`` is one of the QUEUE_FILTER_* fragments.
+
+    ``with_due``: a claim that comes back short also says when the next delayed job or retry
+    the worker could run comes due, so an idle worker needs no second round trip to know how
+    long to sleep. Workers use it when their last claim was short (planning it costs about as
+    much again, so busy workers, whose claims come back full, leave it out).
+    """
     index_order = "priority, scheduled_at, seq"
-    return f"""
+    claim = f"""
 WITH {_FINISH},
 picked AS (
     SELECT id, n, n <= $13 AS counted FROM (
@@ -249,10 +261,11 @@ claimed AS (
         worker_id = $1
     FROM picked WHERE j.id = picked.id
     RETURNING {_CLAIMED_COLUMNS}
-),
--- A claim that came back short leaves the worker idle: it also learns, in the same round
--- trip, when the next delayed job or retry it could run comes due (none claimed: one row of
--- NULLs carrying just that).
+)"""
+    if not with_due:
+        return claim + "\nSELECT * FROM claimed ORDER BY n\n"
+    # With nothing claimed, one row of NULLs carries just the due time.
+    return claim + f""",
 due AS (
     SELECT CASE WHEN (SELECT count(*) FROM claimed) < $9 THEN (
         SELECT extract(epoch FROM min(scheduled_at) - now())::float8 FROM soniq_jobs
@@ -269,6 +282,15 @@ SELECT claimed.*, due.next_due_s FROM due LEFT JOIN claimed ON true ORDER BY cla
 QUEUE_FILTER_ONE = "AND queue = ($11::text[])[1]"
 QUEUE_FILTER_MANY = "AND queue = ANY($11::text[])"
 QUEUE_FILTER_ALL = "AND ($11::text[] IS NULL OR TRUE)"
+
+# Seconds until the next delayed job or retry this worker could run comes due (after a
+# claim without ``with_due`` came back short).
+NEXT_DUE = """
+SELECT extract(epoch FROM min(scheduled_at) - now())::float8
+FROM soniq_jobs
+WHERE status = 'queued' AND scheduled_at > now() AND scheduled_at > created_at
+  AND ($1::text[] IS NULL OR queue = ANY($1::text[])) AND job_name = ANY($2::text[])
+"""
 
 REGISTER_WORKER = """
 INSERT INTO soniq_workers (id, hostname, pid, queues, concurrency)

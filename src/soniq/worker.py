@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -98,21 +99,33 @@ class Worker:
         self._prestart: list[tuple[asyncpg.Record, float]] = []
         # Whether the queue may hold more than the last claim found.
         self._maybe_more = True
-        self._used_last_trip = 0
-        # When the next delayed job or retry comes due (loop time), as the last short claim saw.
+        # Jobs started per second and round-trip seconds (moving averages): how many jobs the
+        # worker gets through while one round trip is out, i.e. how many to claim ahead.
+        self._start_rate = 0.0
+        self._trip_time = 0.0
+        self._started = 0
+        self._rate_since = 0.0  # loop time and start count the rate is measured from
+        self._rate_from = 0
+        # When the next delayed job or retry comes due (loop time), as the last short claim saw
+        # (known once a claim that asked came back short).
         self._due_at: float | None = None
+        self._due_known = False
+        # Whether the last claim came back full: a busy worker's claims leave out the due time.
+        self._busy = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._chain_version = -1
         self._call: CallNext = self._executor
-        self._claim_sql = sql.finish_and_claim(
+        queue_filter = (
             sql.QUEUE_FILTER_ALL
             if queues is None
             else sql.QUEUE_FILTER_ONE
             if len(queues) == 1
             else sql.QUEUE_FILTER_MANY
         )
+        self._claim_sql = sql.finish_and_claim(queue_filter)
+        self._claim_due_sql = sql.finish_and_claim(queue_filter, with_due=True)
         self._known_names: list[str] = []
         self._warned_unknown: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -200,9 +213,11 @@ class Worker:
             self._wake.clear()
             self._fill_slots()
             free = self.concurrency - len(self._running) - len(self._prestart)
-            # Claim ahead about what the last round trip used up (twice that, to grow): fast
-            # jobs keep the buffer full, slow ones leave nothing to other workers' loss.
-            ahead = min(self.prefetch, 2 * self._used_last_trip) - len(self._buffer)
+            # Claim ahead three round trips' worth of starts: enough that fast jobs never wait
+            # on the database (and it grows from nothing: a worker that runs through what it has
+            # doubles its rate), while slow jobs leave the rest of the queue to other workers.
+            ahead = min(self.prefetch, math.ceil(3 * self._start_rate * self._trip_time))
+            ahead -= len(self._buffer)
             want = free + max(0, ahead) if self._maybe_more else 0
             if not (want or self._finished or self._unreported or self._prestart):
                 if self.run_once and not self._running and not self._buffer:
@@ -210,6 +225,8 @@ class Worker:
                 if free <= 0 or self.run_once:
                     await self._wake.wait()  # a finishing job frees a slot or leaves a result
                 else:
+                    if not self._due_known:
+                        await self._query_due()
                     await self._sleep(self._idle_timeout(loop.time()))
                 self._maybe_more = True  # woken by NOTIFY, the poll, a due job or a slot
                 continue
@@ -217,8 +234,10 @@ class Worker:
             starts = self._starts_to_record(finished)
             # Only these have their start in this round trip; more may queue up meanwhile.
             recorded = len(self._prestart)
+            with_due = bool(want) and not self._busy
+            sent_at = loop.time()
             try:
-                rows = await self._round_trip(finished, free, want, starts)
+                rows = await self._round_trip(finished, free, want, starts, with_due)
             except BAD_DATA_ERRORS as exc:
                 await self._finish_separately(finished, exc)
                 continue
@@ -239,19 +258,24 @@ class Worker:
                 # Unforeseen: the worker stops, but the final flush still tries to write these.
                 self._finished[:0] = finished
                 raise
-            # Every row carries when the next delayed job comes due (if the claim was short);
-            # with nothing claimed, one row of NULLs carries only that.
-            due: float | None = rows[0]["next_due_s"]
-            if rows[0]["id"] is None:
-                rows = []
-            if want and len(rows) < want:
-                self._due_at = None if due is None else loop.time() + due
-            self._used_last_trip = len(finished)
+            now = loop.time()
+            if with_due:
+                # Every row carries when the next delayed job comes due (if the claim was
+                # short); with nothing claimed, one row of NULLs carries only that.
+                due: float | None = rows[0]["next_due_s"]
+                if rows[0]["id"] is None:
+                    rows = []
+            if want:
+                self._busy = len(rows) == want
+                if not self._busy:
+                    self._due_known = with_due
+                    if with_due:
+                        self._due_at = None if due is None else now + due
+            self._measure(sent_at, now)
             for f in starts:
                 self._unreported.pop(f.id, None)
             prestart = self._prestart[:recorded]
             del self._prestart[:recorded]
-            now = loop.time()
             for row, claimed_at in prestart:
                 self._start(row, claimed_at)
             for row in rows:
@@ -269,6 +293,14 @@ class Worker:
                 # A job just put back (retry, refund) was invisible to this statement's claim,
                 # which saw the table as it was before the finish: look again at once.
                 self._maybe_more = True
+
+    def _measure(self, sent_at: float, now: float) -> None:
+        """Moving averages of the round-trip time and of the start rate since the last trip."""
+        self._trip_time += 0.3 * (now - sent_at - self._trip_time)
+        if now > self._rate_since:
+            rate = (self._started - self._rate_from) / (now - self._rate_since)
+            self._start_rate += 0.3 * (rate - self._start_rate)
+        self._rate_since, self._rate_from = now, self._started
 
     def _fill_slots(self) -> None:
         """Start buffered jobs in the free slots (called as each job ends, and by the loop)."""
@@ -301,28 +333,48 @@ class Worker:
         free: int,
         want: int = 0,
         starts: list[Finished] | None = None,
+        with_due: bool = False,
     ) -> list[asyncpg.Record]:
         """Record ``finished`` and ``starts``; claim up to ``want`` jobs, the first ``free`` of
         them counted as started."""
-        records = finished + starts if starts else finished
+        done: list[Finished] = []
+        other: list[Finished] = []
+        for f in finished:
+            (done if f.status == "done" and f.trace_context is None else other).append(f)
+        if starts:
+            other.extend(starts)
         pool = await self._store.pool()
         return await pool.fetch(
-            self._claim_sql,
+            self._claim_due_sql if with_due else self._claim_sql,
             self.id,
-            [f.id for f in records],
-            [f.status for f in records],
-            [f.result for f in records],
-            [f.error for f in records],
-            [f.traceback for f in records],
-            [f.delay_s for f in records],
-            [f.attempt - f.refund for f in records],
+            [f.id for f in other],
+            [f.status for f in other],
+            [f.result for f in other],
+            [f.error for f in other],
+            [f.traceback for f in other],
+            [f.delay_s for f in other],
+            [f.attempt - f.refund for f in other],
             max(0, want),
             self._known_names,
             self.queues,
-            [f.trace_context for f in records],
+            [f.trace_context for f in other],
             max(0, free),
+            [f.id for f in done],
+            [f.attempt for f in done],
+            [f.result for f in done],
             timeout=self._store.command_timeout,
         )
+
+    async def _query_due(self) -> None:
+        try:
+            pool = await self._store.pool()
+            due = await pool.fetchval(
+                sql.NEXT_DUE, self.queues, self._known_names, timeout=self._store.command_timeout
+            )
+        except CONNECTION_ERRORS:
+            return  # poll_interval it is; the next claim will tell
+        self._due_at = None if due is None else asyncio.get_running_loop().time() + due
+        self._due_known = True
 
     def _idle_timeout(self, now: float) -> float:
         """How long an idle worker waits: until the next delayed job comes due, at most the
@@ -372,6 +424,7 @@ class Worker:
             self._unreported.pop(job_id, None)
             self._finished.append(Finished(job_id, "queued", refund=1, attempt=attempt))
             return
+        self._started += 1
         waited = row["queue_wait_s"] + (asyncio.get_running_loop().time() - claimed_at)
         ctx = AttemptContext(
             job_id=job_id,
