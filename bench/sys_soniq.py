@@ -30,6 +30,7 @@ class SoniqSystem:
     def __init__(self, url: str) -> None:
         self.url = url
         self.app = make_app(url)
+        self._bulk_calls = 0
 
     async def open(self) -> None:
         await self.app.pool()
@@ -66,15 +67,22 @@ class SoniqSystem:
             f"""
             INSERT INTO soniq_jobs (id, job_name, queue, args, status, max_attempts, attempts,
                                    scheduled_at, created_at, finished_at)
-            SELECT gen_random_uuid(), $1, 'default', jsonb_build_object('i', g), $2, 4,
+            SELECT (ms.hex || '7' || lpad(to_hex($4::int), 3, '0') || '8'
+                    || lpad(to_hex(g), 15, '0'))::uuid,
+                   $1, 'default', jsonb_build_object('i', g), $2, 4,
                    CASE WHEN $2 = 'queued' THEN 0 ELSE 1 END,
                    now() - interval '1 hour', now() - interval '1 hour', {finished}
-            FROM generate_series(1, $3) AS g
+            FROM generate_series(1, $3) AS g,
+                 -- Time-ordered ids, like the UUIDv7 ones Soniq's enqueue writes.
+                 (SELECT lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint),
+                              12, '0') AS hex) AS ms
             """,
             JOB_NAME,
             status,
             n,
+            self._bulk_calls % 4096,  # keeps ids of two calls in one millisecond apart
         )
+        self._bulk_calls += 1
         await pool.execute("ANALYZE soniq_jobs")
 
 

@@ -56,7 +56,8 @@ class Soniq:
         self.hooks = Hooks()
         self.workers: list[Worker] = []
         self._enqueue_version = -1
-        self._enqueue_call: EnqueueNext = self._write
+        self._write_call: EnqueueNext = self._write
+        self._enqueue_call: EnqueueNext = self._write_call
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -190,7 +191,11 @@ class Soniq:
         """Write one job; returns its id. With ``connection=``, inside the caller's transaction."""
         spec = self._spec_of(job)
         pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
-        await self._enqueue_chain()(EnqueueContext([pending], batch=False, connection=connection))
+        call = self._enqueue_chain()
+        if call is self._write_call:  # no enqueue middleware: no context to build
+            await self._store.insert((pending,), connection)
+        else:
+            await call(EnqueueContext([pending], batch=False, connection=connection))
         return pending.id
 
     async def enqueue_many(
@@ -247,7 +252,7 @@ class Soniq:
     def _enqueue_chain(self) -> EnqueueNext:
         if self.middleware.version != self._enqueue_version:
             self._enqueue_version = self.middleware.version
-            self._enqueue_call = compose_enqueue(self.middleware, self._write)
+            self._enqueue_call = compose_enqueue(self.middleware, self._write_call)
         return self._enqueue_call
 
     async def _write(self, ctx: EnqueueContext) -> None:

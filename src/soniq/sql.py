@@ -122,57 +122,47 @@ LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1)"
 # Enqueue. scheduled_at: an absolute time ($7) wins, else now() + delay seconds ($8), both
 # evaluated on the database clock so workers and producers never disagree about "due".
 #
-# Each INSERT notifies the queues it touched, in the same statement: pg_notify is
-# transactional, so the notification goes out at commit and a rolled-back transactional enqueue
-# wakes nobody; identical payloads within a transaction are folded into one.
+# Each INSERT notifies the queues it touched, in the same statement (a one-row subquery in its
+# FROM, so nothing is returned): pg_notify is transactional, so the notification goes out at
+# commit and a rolled-back transactional enqueue wakes nobody; identical payloads within a
+# transaction are folded into one.
 
 INSERT_JOB = f"""
-WITH job AS (
-    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
-                            trace_context)
-    VALUES ($1, $2, $3, $4::jsonb, $5, $6, coalesce($7, now() + make_interval(secs => $8)),
-            $9::jsonb)
-    RETURNING queue
-)
-SELECT pg_notify('{NOTIFY_CHANNEL}', queue) FROM job
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context)
+SELECT $1, $2, $3, $4::jsonb, $5, $6, coalesce($7, now() + make_interval(secs => $8)),
+       $9::jsonb
+FROM (SELECT pg_notify('{NOTIFY_CHANNEL}', $3)) AS wake
 """
 
 # The usual single enqueue: ready now, no trace context; the column defaults fill the rest.
 INSERT_READY_JOB = f"""
-WITH job AS (
-    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts)
-    VALUES ($1, $2, $3, $4::jsonb, $5, $6)
-    RETURNING queue
-)
-SELECT pg_notify('{NOTIFY_CHANNEL}', queue) FROM job
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts)
+SELECT $1, $2, $3, $4::jsonb, $5, $6
+FROM (SELECT pg_notify('{NOTIFY_CHANNEL}', $3)) AS wake
 """
 
 INSERT_JOBS = f"""
-WITH job AS (
-    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
-                            trace_context)
-    SELECT j.id, j.job_name, j.queue, j.args::jsonb, j.priority, j.max_attempts,
-           coalesce(j.at, now() + make_interval(secs => j.delay)), j.tc::jsonb
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
-                $7::timestamptz[], $8::float8[], $9::text[])
-         AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc)
-    RETURNING queue
-)
-SELECT pg_notify('{NOTIFY_CHANNEL}', q.queues)
-FROM (SELECT string_agg(DISTINCT queue, ',') AS queues FROM job) AS q
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context)
+SELECT j.id, j.job_name, j.queue, j.args::jsonb, j.priority, j.max_attempts,
+       coalesce(j.at, now() + make_interval(secs => j.delay)), j.tc::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+            $7::timestamptz[], $8::float8[], $9::text[])
+     AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc),
+     (SELECT pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT q, ','))
+      FROM unnest($3::text[]) AS q) AS wake
 """
 
 # enqueue_many's usual case: one job name, queue, priority and schedule for the whole batch,
 # so only ids, arguments and trace contexts travel as arrays.
 INSERT_UNIFORM_JOBS = f"""
-WITH job AS (
-    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
-                            trace_context)
-    SELECT j.id, $4, $5, j.args::jsonb, $6, $7, coalesce($8, now() + make_interval(secs => $9)),
-           j.tc::jsonb
-    FROM unnest($1::uuid[], $2::text[], $3::text[]) AS j(id, args, tc)
-)
-SELECT pg_notify('{NOTIFY_CHANNEL}', $5::text)
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context)
+SELECT j.id, $4, $5, j.args::jsonb, $6, $7, coalesce($8, now() + make_interval(secs => $9)),
+       j.tc::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS j(id, args, tc),
+     (SELECT pg_notify('{NOTIFY_CHANNEL}', $5)) AS wake
 """
 
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class Store:
         self._solo: asyncpg.Connection[Any] | None = None
         self._solo_busy = False
         self._solo_loop: asyncio.AbstractEventLoop | None = None
+        self._solo_since = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def resolve(self) -> str:
         """The URL, starting an embedded server first if that is where it comes from."""
@@ -147,6 +149,9 @@ class Store:
         )
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         solo, self._solo = self._solo, None
         if solo is not None and not solo.is_closed():
             with contextlib.suppress(*CONNECTION_ERRORS):
@@ -284,22 +289,26 @@ class Store:
             return
         # One connection is kept for enqueues that find it free (a producer enqueueing one job
         # after another always does): a pool's acquire and release cost about as much Python
-        # as the statement itself.
+        # as the statement itself. Its command_timeout is enforced by the server
+        # (statement_timeout, which cancels the statement for good), not by a client timer per
+        # statement; one watchdog timer per command_timeout only covers a silent network.
         loop = asyncio.get_running_loop()
         if self._solo_loop is not loop:  # an app used again under a new event loop
-            self._solo, self._solo_loop = None, loop
+            self._solo, self._watchdog, self._solo_loop = None, None, loop
         self._solo_busy = True
+        self._solo_since = loop.time()
         try:
             solo = self._solo
             if solo is None or solo.is_closed():
-                solo = self._solo = await self.connect()
-            await solo.execute(query, *args, timeout=self.command_timeout)
-        except asyncio.TimeoutError as exc:
-            # asyncpg sends the server a cancel request and keeps the connection (or drops it
-            # if the cancel fails): the statement is stopped, not left to commit later.
+                solo = self._solo = await self._connect_solo()
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(self._hang_after, self._check_solo)
+            await solo.execute(query, *args)
+        except asyncpg.QueryCanceledError as exc:
             raise DatabaseUnavailable(
-                f"PostgreSQL at {self.display_url} did not finish an enqueue within "
-                f"{self.command_timeout:g}s (command_timeout); the server was asked to cancel it"
+                f"PostgreSQL at {self.display_url} cancelled an enqueue: it did not finish "
+                f"within {self.command_timeout:g}s (command_timeout), or an administrator "
+                f"cancelled it; nothing was written"
             ) from exc
         except CONNECTION_ERRORS:
             self._drop_solo()
@@ -307,7 +316,45 @@ class Store:
         finally:
             self._solo_busy = False
 
+    @property
+    def _hang_after(self) -> float:
+        # Past the server's own statement_timeout, with room for its answer to arrive.
+        return self.command_timeout + max(1.0, self.connect_timeout)
+
+    async def _connect_solo(self) -> asyncpg.Connection[Any]:
+        url = await self.resolve()
+        try:
+            conn = await asyncpg.connect(url, timeout=self.connect_timeout, command_timeout=None)
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        try:
+            await conn.execute(
+                "SELECT set_config('statement_timeout', $1, false)",
+                str(max(1, round(self.command_timeout * 1000))),
+            )
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    def _check_solo(self) -> None:
+        """Watchdog: an enqueue still waiting well past command_timeout has a silent network
+        under it (the server would have cancelled the statement): cut the connection, so the
+        waiting enqueue fails instead of hanging."""
+        self._watchdog = None
+        if not self._solo_busy or self._solo is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._solo_since + self._hang_after - loop.time()
+        if left > 0:
+            self._watchdog = loop.call_later(left, self._check_solo)
+        else:
+            self._solo.terminate()
+
     def _drop_solo(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._solo is not None:
             self._solo.terminate()
             self._solo = None
