@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from soniq import DatabaseUnavailable, PendingJob, Soniq
+from soniq import DatabaseUnavailable, JobArgumentsError, PendingJob, Soniq
 from soniq.app import new_job_id
 from tests.support.waiting import wait_until
 
@@ -185,3 +185,19 @@ async def test_a_mixed_batch_goes_through_the_general_statement(
         j.id: (j.queue, j.priority) for j in jobs
     }
     assert sorted(woken[0].split(",")) == ["a", "b"]
+
+
+async def test_a_self_containing_argument_is_refused_like_any_unserialisable_one(
+    app: Soniq, db: asyncpg.Connection
+) -> None:
+    @app.job(name="job")
+    async def job(data: dict[str, object]) -> None:
+        pass
+
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    with pytest.raises(JobArgumentsError, match="'data'.*not JSON-serialisable"):
+        await app.enqueue("job", data=loop)
+    with pytest.raises(JobArgumentsError, match="'data'"):
+        await app.enqueue_many("job", [{"data": {}}, {"data": loop}])
+    assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 0

@@ -215,7 +215,7 @@ class Soniq:
         items = kwargs_list if isinstance(kwargs_list, Sequence) else list(kwargs_list)
         rand = os.urandom(10 * len(items)).hex()
         for i, kwargs in enumerate(items):
-            if not isinstance(kwargs, Mapping):
+            if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
                 raise JobArgumentsError(
                     f"enqueue_many({spec.name!r}, ...): item {i} is {type(kwargs).__name__}, "
                     f"expected a dict of keyword arguments"

@@ -15,8 +15,37 @@ from .errors import ConfigurationError, JobArgumentsError, UnknownJobError
 
 TraceParent = Literal["child", "link", "none"]
 
-# One encoder for every enqueue and result: json.dumps with options builds a new one per call.
-COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _make_compact_json() -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"), allow_nan=False)``, built once.
+
+    json.dumps and JSONEncoder.encode build the C encoder again on every call, which costs as
+    much as encoding a small dict; this keeps one. Without the circular-reference check (that
+    needs a fresh table per call), a self-containing value raises RecursionError instead of
+    ValueError; callers treat both as "not JSON-serialisable".
+    """
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    encoder = make(
+        None, refuse, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def compact_json(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return compact_json
+
+
+compact_json = _make_compact_json()
+
+# What encoding a value that is not plain JSON raises.
+NOT_JSON = (TypeError, ValueError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -86,8 +115,8 @@ class JobSpec:
                 f"match it"
             ) from None
         try:
-            return COMPACT_JSON.encode(kwargs)
-        except (TypeError, ValueError):
+            return compact_json(kwargs)
+        except NOT_JSON:
             raise JobArgumentsError(_unserialisable(self.name, kwargs)) from None
 
 
@@ -95,7 +124,7 @@ def _unserialisable(job_name: str, kwargs: dict[str, Any]) -> str:
     for key, value in kwargs.items():
         try:
             json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except NOT_JSON as exc:
             return (
                 f"Job {job_name!r}: argument {key!r} ({type(value).__name__}) is not "
                 f"JSON-serialisable ({exc}). Pass plain JSON values (str, int, float, bool, "

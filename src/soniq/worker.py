@@ -33,7 +33,7 @@ from .context import AttemptContext
 from .errors import ConfigurationError
 from .executor import JobExecutor
 from .middleware import CallNext, Middleware, compose
-from .registry import COMPACT_JSON
+from .registry import compact_json
 from .store import (
     BAD_DATA_ERRORS,
     CONNECTION_ERRORS,
@@ -510,7 +510,7 @@ class Worker:
         if result is None:
             return None
         try:
-            return COMPACT_JSON.encode(result)
+            return compact_json(result)
         except Exception as exc:  # TypeError, ValueError, RecursionError (too deep) ...
             logger.warning(
                 "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
