@@ -196,7 +196,7 @@ async def test_a_self_containing_argument_is_refused_like_any_unserialisable_one
 
     loop: dict[str, object] = {}
     loop["self"] = loop
-    with pytest.raises(JobArgumentsError, match="'data'.*not JSON-serialisable"):
+    with pytest.raises(JobArgumentsError, match=r"'data'.*not JSON-serialisable"):
         await app.enqueue("job", data=loop)
     with pytest.raises(JobArgumentsError, match="'data'"):
         await app.enqueue_many("job", [{"data": {}}, {"data": loop}])
