@@ -84,7 +84,7 @@ async def test_claim_uses_the_partial_index(app: Soniq, db: asyncpg.Connection) 
         async with db.transaction():
             plan = await db.fetch(
                 "EXPLAIN " + query,
-                "w", [], [], [], [], [], [], [], 10, ["x"], queues, [], 10, [], [], [],
+                "w", [], [], [], [], [], [], [], 10, ["x"], queues, [], 10, "", "",
             )
             text = "\n".join(r[0] for r in plan)
         picked = text.split("CTE picked")[1].split("CTE claimed")[0]

@@ -55,7 +55,7 @@ async def test_claimed_ahead_jobs_of_a_dead_worker_go_back_uncounted_and_suspect
     await db.execute(sql.REGISTER_WORKER, "dead", "host", 1, None, 1)
     claimed = await db.fetch(
         sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
-        "dead", [], [], [], [], [], [], [], 4, ["job"], None, [], 1, [], [], [],
+        "dead", [], [], [], [], [], [], [], 4, ["job"], None, [], 1, "", "",
     )
     assert [r["counted"] for r in claimed] == [True, False, False, False]
     assert [r["attempt"] for r in claimed] == [1, 1, 1, 1]

@@ -176,7 +176,7 @@ FROM unnest($1::uuid[], $2::text[], $3::text[]) AS j(id, args, tc),
 # only waiting in a dead worker's buffer (put back uncounted).
 #
 # The record half carries, per job, its new status (NULL: it only started) and its absolute
-# attempt count ($2-$8 and $12; plain successes alone in $14-$16), so resending a round trip
+# attempt count ($2-$8 and $12; plain successes alone in $14-$15), so resending a round trip
 # whose answer was lost changes nothing. It is fenced on (status, worker_id): a worker that lost
 # its lease cannot overwrite a row that another worker has since claimed.
 
@@ -200,9 +200,11 @@ fin AS (
         SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                              $7::float8[], $8::int[], $12::text[])
         UNION ALL
-        -- Most records are plain successes: three short arrays instead of eight.
-        SELECT id, 'done', result, NULL, NULL, 0, attempts, NULL
-        FROM unnest($14::uuid[], $15::int[], $16::text[]) AS d(id, attempts, result)
+        -- Most records are successes without a result: ids and attempts as two comma-joined
+        -- texts (asyncpg inspects every element of an array parameter; a text it sends as is).
+        SELECT id, 'done', NULL, NULL, NULL, 0, attempts, NULL
+        FROM unnest(string_to_array($14, ',')::uuid[], string_to_array($15, ',')::int[])
+             AS d(id, attempts)
     ) AS f(id, status, result, error, tb, delay, attempts, tc)
     WHERE j.id = f.id AND j.status = 'processing' AND j.worker_id = $1
     RETURNING 1
@@ -212,10 +214,17 @@ fin AS (
 _CLAIMED_COLUMNS = """
     j.id::text AS id, j.job_name, j.queue, j.args::text AS args, j.priority,
     j.attempts + (NOT picked.counted)::int AS attempt, j.max_attempts, j.created_at,
-    j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at,
+    j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at IS NOT NULL AS revived,
     extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s,
     picked.counted, j.suspect, picked.n
 """
+
+# What the worker reads of each claimed row (n only orders them).
+_CLAIMED_OUT = """
+    claimed.id, claimed.job_name, claimed.queue, claimed.args, claimed.priority,
+    claimed.attempt, claimed.max_attempts, claimed.created_at, claimed.scheduled_at,
+    claimed.trace_context, claimed.revived, claimed.queue_wait_s, claimed.counted,
+    claimed.suspect"""
 
 
 def finish_and_claim(queue_filter: str, with_due: bool = False) -> str:
@@ -253,7 +262,7 @@ claimed AS (
     RETURNING {_CLAIMED_COLUMNS}
 )"""
     if not with_due:
-        return claim + "\nSELECT * FROM claimed ORDER BY n\n"
+        return claim + f"\nSELECT {_CLAIMED_OUT}\nFROM claimed ORDER BY claimed.n\n"
     # With nothing claimed, one row of NULLs carries just the due time.
     return claim + f""",
 due AS (
@@ -263,7 +272,8 @@ due AS (
           {queue_filter} AND job_name = ANY($10::text[])
     ) END AS next_due_s
 )
-SELECT claimed.*, due.next_due_s FROM due LEFT JOIN claimed ON true ORDER BY claimed.n
+SELECT {_CLAIMED_OUT}, due.next_due_s
+FROM due LEFT JOIN claimed ON true ORDER BY claimed.n
 """
 
 

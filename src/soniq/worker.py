@@ -231,7 +231,7 @@ class Worker:
                 self._maybe_more = True  # woken by NOTIFY, the poll, a due job or a slot
                 continue
             finished, self._finished = self._finished, []
-            starts = self._starts_to_record(finished)
+            starts = self._starts_to_record()
             # Only these have their start in this round trip; more may queue up meanwhile.
             recorded = len(self._prestart)
             with_due = bool(want) and not self._busy
@@ -315,14 +315,11 @@ class Worker:
                 self._start(row, claimed_at)
             self._wake.set()  # the loop writes the start soon
 
-    def _starts_to_record(self, finished: list[Finished]) -> list[Finished]:
-        """Start records for jobs that started without the database knowing yet; a job that
-        has also finished is covered by its finish record."""
+    def _starts_to_record(self) -> list[Finished]:
+        """Start records for running jobs that started without the database knowing yet (a job
+        that has finished leaves ``_unreported``: its finish record covers its start)."""
         if not self._unreported and not self._prestart:
             return []
-        done = {f.id for f in finished}
-        for job_id in done.intersection(self._unreported):
-            del self._unreported[job_id]
         starts = [Finished(i, None, attempt=a) for i, a in self._unreported.items()]
         starts.extend(Finished(r["id"], None, attempt=r["attempt"]) for r, _ in self._prestart)
         return starts
@@ -340,7 +337,8 @@ class Worker:
         done: list[Finished] = []
         other: list[Finished] = []
         for f in finished:
-            (done if f.status == "done" and f.trace_context is None else other).append(f)
+            plain = f.status == "done" and f.result is None and f.trace_context is None
+            (done if plain else other).append(f)
         if starts:
             other.extend(starts)
         pool = await self._store.pool()
@@ -359,9 +357,8 @@ class Worker:
             self.queues,
             [f.trace_context for f in other],
             max(0, free),
-            [f.id for f in done],
-            [f.attempt for f in done],
-            [f.result for f in done],
+            ",".join([f.id for f in done]),
+            ",".join([str(f.attempt) for f in done]),
             timeout=self._store.command_timeout,
         )
 
@@ -440,7 +437,7 @@ class Worker:
             worker_id=self.id,
             spec=spec,
             trace_context=parse_trace_context(row["trace_context"]),
-            revived=row["revived_at"] is not None,
+            revived=row["revived"],
         )
         self._running[job_id] = asyncio.create_task(self._attempt(ctx), name=f"soniq-{job_id}")
 
@@ -490,6 +487,7 @@ class Worker:
             await returned.wait()
 
     def _record(self, finished: Finished) -> None:
+        self._unreported.pop(finished.id, None)  # the finish record carries the start too
         self._finished.append(finished)
 
     @staticmethod
