@@ -239,11 +239,11 @@ def finish_and_claim(queue_filter: str, with_due: bool = False) -> str:
     claim = f"""
 WITH {_FINISH},
 picked AS (
-    SELECT id, n, n <= $13 AS counted FROM (
+    SELECT tid, n, n <= $13 AS counted FROM (
         -- Numbered as the ordered scan delivers them (no second sort): which rows count as
         -- started first only decides start order within the batch, never correctness.
-        SELECT id, row_number() OVER () AS n FROM (
-            SELECT id FROM soniq_jobs
+        SELECT tid, row_number() OVER () AS n FROM (
+            SELECT ctid AS tid FROM soniq_jobs
             WHERE status = 'queued' AND scheduled_at <= now() {queue_filter}
               AND job_name = ANY($10::text[])
             ORDER BY {index_order}
@@ -258,7 +258,9 @@ claimed AS (
         attempts = j.attempts + picked.counted::int,
         started_at = CASE WHEN picked.counted THEN now() END,
         worker_id = $1
-    FROM picked WHERE j.id = picked.id
+    -- By the row's address: the row is locked, so it cannot move, and a join on id would let
+    -- the planner scan the whole table once a claim is large (it costs index lookups dear).
+    FROM picked WHERE j.ctid = picked.tid
     RETURNING {_CLAIMED_COLUMNS}
 )"""
     if not with_due:
