@@ -99,6 +99,7 @@ class Store:
         self._solo_loop: asyncio.AbstractEventLoop | None = None
         self._solo_since = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._solo_statements: dict[str, asyncpg.prepared_stmt.PreparedStatement[Any]] = {}
 
     async def resolve(self) -> str:
         """The URL, starting an embedded server first if that is where it comes from."""
@@ -300,10 +301,14 @@ class Store:
         try:
             solo = self._solo
             if solo is None or solo.is_closed():
+                self._solo_statements.clear()
                 solo = self._solo = await self._connect_solo()
             if self._watchdog is None:
                 self._watchdog = loop.call_later(self._hang_after, self._check_solo)
-            await solo.execute(query, *args)
+            statement = self._solo_statements.get(query)
+            if statement is None:
+                statement = self._solo_statements[query] = await solo.prepare(query)
+            await statement.fetch(*args)  # a prepared statement skips execute()'s cache lookup
         except asyncpg.QueryCanceledError as exc:
             raise DatabaseUnavailable(
                 f"PostgreSQL at {self.display_url} cancelled an enqueue: it did not finish "
