@@ -395,9 +395,14 @@ def print_table(report: dict[str, Any], sizes: Sizes) -> str:
         )
         if pgq is not None:
             others = ", ".join(
-                f"{v} {d['median']:,.0f}" for v, d in row.items() if v.startswith("pgqueuer")
+                f"{v.split('[')[1][:-1]} {d['median']:,.0f}"
+                for v, d in row.items()
+                if v.startswith("pgqueuer")
             )
             add(f"{'':<4}pgqueuer configurations: {others} (best used)")
+            c10 = row.get("pgqueuer[b5c10]", {}).get("median")
+            if c10:
+                add(f"{'':<4}Soniq / pgqueuer at concurrency 10 (b5c10): {soniq / c10:.2f}")
     if report["latency"]:
         add("")
         add(f"Enqueue-to-start latency at {sizes.latency_rate:.0f} jobs/s, ms (median of runs)")

@@ -1,12 +1,14 @@
 """pgqueuer 1.6.0 through its public API (``Queries`` for enqueue, ``QueueManager`` to drain).
 
-Dequeue is batched by ``QueueManager.run(batch_size=...)``. Two configurations are measured and
-the better one is the peer's figure:
+Dequeue is batched by ``QueueManager.run(batch_size=...)``. Several configurations are
+measured; the table's pgqueuer figure is the best of them, whatever its concurrency:
 
-- ``b5c10``: batch_size=5, max_concurrent_tasks=10, the largest batch pgqueuer allows under a
-  hard cap of ten running jobs (it requires max_concurrent_tasks >= 2 * batch_size);
-- ``b10``: batch_size=10 (its default and its own benchmark's setting), no task cap, so more than
-  ten no-op jobs may be in flight at once: it is never slower, and it is the upper bound.
+- ``b5c10``: batch_size=5, max_concurrent_tasks=10: pgqueuer at concurrency 10, as the issue's
+  set-up asks (it requires max_concurrent_tasks >= 2 * batch_size, so 5 is its largest batch);
+- ``b10``: batch_size=10 (its default, and its own benchmark's setting), no task cap;
+- ``b100``, ``b500``: larger batches, no task cap, so up to that many no-op jobs in flight at
+  once. A batch sweep (25, 50, 100, 200, 500) found each larger batch a little faster; 500 was
+  the best measured.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ ENTRYPOINT = "bench"
 CONFIGS: dict[str, dict[str, Any]] = {
     "b5c10": {"batch_size": 5, "max_concurrent_tasks": 10},
     "b10": {"batch_size": 10, "max_concurrent_tasks": None},
+    "b100": {"batch_size": 100, "max_concurrent_tasks": None},
+    "b500": {"batch_size": 500, "max_concurrent_tasks": None},
 }
 
 
