@@ -61,7 +61,7 @@ FULL = Sizes(
     drain=20_000,
     latency_seconds=8.0,
     latency_rate=200.0,
-    scale_reps=2,
+    scale_reps=3,
     scale_queued=1_000_000,
     scale_finished=1_000_000,
 )
@@ -293,12 +293,14 @@ class Bench:
             log(f"scale round {rep + 1}/{s.scale_reps}")
             await soniq.reset()
             await soniq.bulk_rows(n)
+            await soniq.settle()
             limit = ["--limit", str(n)]
             self.results["scale"][f"{n:,} queued"].append(
                 await self.run_drain("soniq", limit, 1, n)
             )
             await soniq.reset()
             await soniq.bulk_rows(s.scale_queued)
+            await soniq.settle()
             self.results["scale"][f"{s.scale_queued:,} queued"].append(
                 await self.run_drain("soniq", limit, 1, n, backlog=True)
             )
@@ -307,6 +309,7 @@ class Bench:
             await soniq.bulk_rows(s.scale_finished, "done")
             await soniq.bulk_rows(s.scale_finished // 10, "dead_letter")
             await soniq.bulk_rows(n)
+            await soniq.settle()
             label = f"{n:,} queued + {s.scale_finished:,} done + {s.scale_finished // 10:,} dead"
             self.results["scale"][label].append(await self.run_drain("soniq", limit, 1, n))
         await soniq.reset()
