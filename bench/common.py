@@ -8,12 +8,10 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from tests.support import pg
 
 # Worker processes run from the repository root, so ``-m bench.worker`` imports this package.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,27 +29,13 @@ def admin_url() -> str:
     )
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 async def create_database(admin: str, prefix: str) -> str:
-    name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(admin, name)
+    """A fresh database for one system, made the same way the test suite makes its own."""
+    return await pg.create_database(admin, prefix=f"bench_{prefix}")
 
 
 async def drop_database(admin: str, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await pg.drop_database(admin, url)
 
 
 def median(values: list[float]) -> float:
