@@ -19,9 +19,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from soniq import JobContext, Soniq, sql
 from tests.support.waiting import running_worker, wait_until
+
+
+@pytest.fixture(autouse=True)
+def prefetch_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefetch is opt-in; these tests turn it on (worker subprocesses inherit it)."""
+    monkeypatch.setenv("SONIQ_PREFETCH", "200")
 
 
 async def test_fast_jobs_run_once_each_with_attempt_one(app: Soniq, db: asyncpg.Connection) -> None:

@@ -32,11 +32,12 @@ class Settings(BaseSettings):
     concurrency: int = Field(10, ge=1, description="Jobs one worker runs at once.")
     queues: list[str] | None = Field(None, description="Queues a worker takes; None is all.")
     prefetch: int = Field(
-        200,
+        0,
         ge=0,
         description="Most jobs a worker claims ahead of its free slots, so fast jobs do not "
-        "wait for a round trip; it claims about three round trips' worth of its start rate, "
-        "so slow jobs are not held back from other workers.",
+        "wait for a round trip; it claims about three round trips' worth of its start rate. "
+        "Off by default: a job started from that buffer whose start is not yet recorded when "
+        "its worker is killed runs again without the attempt being counted.",
     )
     thread_pool_size: int | None = Field(
         None, ge=1, description="Threads for plain `def` jobs; default: the concurrency."
