@@ -1,9 +1,11 @@
 """What user hooks cost: drain throughput with three no-op hooks against none, in one run.
 
-    .venv/bin/python bench/chain_overhead.py [--jobs 2000] [--repeats 21] [--hooks-per-event 1]
+    .venv/bin/python -m bench.chain_overhead [--jobs 2000] [--repeats 21] [--hooks-per-event 1]
+
+(from the repository root, like ``python -m bench``).
 
 One worker (concurrency 10, ``run_once``) drains N queued no-op ``async def`` jobs; the clock
-covers the whole ``run_worker`` call. Two apps on the same scratch database differ only in their
+covers the worker's whole ``run()``. Two apps on the same scratch database differ only in their
 hooks: ``plain`` has none, ``hooked`` has no-op async ``before_job``, ``after_job`` and
 ``on_error`` hooks (``--hooks-per-event`` of each). Repetitions alternate the order (AB, BA,
 ...) after one discarded warm-up pair, so drift on a shared machine falls on both sides; the
@@ -26,29 +28,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import os
 import statistics
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
+from bench import common
 from soniq import AttemptContext, Soniq
 from soniq.executor import JobExecutor
 from soniq.middleware import compose
 
 JOB_NAME = "bench.noop"
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def admin_url() -> str:
-    return os.environ.get("BENCH_DATABASE_URL") or os.environ.get(
-        "SONIQ_TEST_DATABASE_URL", DEFAULT_ADMIN_URL
-    )
 
 
 def make_app(url: str, hooks_per_event: int) -> Soniq:
@@ -76,20 +67,13 @@ def make_app(url: str, hooks_per_event: int) -> Soniq:
 
 
 async def drain(app: Soniq, loader: Soniq, jobs: int, concurrency: int) -> tuple[float, float]:
-    """Queue ``jobs`` jobs (not timed), drain them with one worker: jobs per second, and this
-    process's CPU microseconds per job (what the hooks add is CPU here, and other load on the
-    machine moves CPU time far less than wall time)."""
-    pool = await loader.pool()
-    await pool.execute("TRUNCATE soniq_jobs, soniq_workers")
-    await loader.enqueue_many(JOB_NAME, [{"i": i} for i in range(jobs)])
-    gc.collect()  # each drain starts without garbage left from queueing or the last drain
-    started, cpu_started = time.perf_counter(), time.process_time()
-    await app.run_worker(concurrency=concurrency, run_once=True, install_signal_handlers=False)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    done = await pool.fetchval("SELECT count(*) FROM soniq_jobs WHERE status = 'done'")
-    if done != jobs:
-        raise RuntimeError(f"expected {jobs} jobs done, found {done}")
-    return jobs / elapsed, cpu / jobs * 1e6
+    """Jobs per second, and this process's CPU microseconds per job (what the hooks add is CPU
+    here). Each drain starts without garbage left from queueing or the last drain."""
+    took = await common.drain(
+        app, JOB_NAME, jobs, concurrency,
+        args=lambda i: {"i": i}, loader=loader, collect_garbage=True,
+    )
+    return jobs / took.seconds, took.cpu_seconds / jobs * 1e6
 
 
 async def chain_cost_us(app: Soniq, calls: int) -> float:
@@ -114,17 +98,9 @@ async def chain_cost_us(app: Soniq, calls: int) -> float:
     return best
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 async def main(args: argparse.Namespace) -> None:
-    admin = admin_url()
-    name = f"soniq_bench_chain_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = with_database(admin, name)
+    admin = common.admin_url()
+    url = await common.create_database(admin, "chain")
     plain = make_app(url, 0)
     hooked = make_app(url, args.hooks_per_event)
     # A third app queues the jobs, so neither measured app's pool does extra work (an A/A run,
@@ -191,11 +167,7 @@ async def main(args: argparse.Namespace) -> None:
         await plain.close()
         await hooked.close()
         await loader.close()
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await common.drop_database(admin, url)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

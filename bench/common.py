@@ -1,17 +1,23 @@
-"""Shared plumbing: fresh databases, statistics, and the worker-process protocol."""
+"""Shared plumbing: fresh databases, statistics, the worker-process protocol, and the timed
+drain the overhead scripts (chain_overhead, otel_overhead, prom_overhead) share."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.support import pg
+
+if TYPE_CHECKING:  # worker processes of the other systems need not import Soniq
+    from soniq import Soniq
 
 # Worker processes run from the repository root, so ``-m bench.worker`` imports this package.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +42,50 @@ async def create_database(admin: str, prefix: str) -> str:
 
 async def drop_database(admin: str, url: str) -> None:
     await pg.drop_database(admin, url)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """One timed drain: wall-clock seconds of the worker's run, and this process's CPU seconds
+    over the same span (other load on the machine moves CPU time far less than wall time)."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+async def drain(
+    app: Soniq,
+    job: str,
+    jobs: int,
+    concurrency: int,
+    *,
+    args: Callable[[int], dict[str, Any]],
+    loader: Soniq | None = None,
+    collect_garbage: bool = False,
+) -> Drain:
+    """Empty the job tables, queue ``jobs`` jobs of ``job`` (``args(i)`` are job i's keyword
+    arguments; not timed), then time one ``run_once`` worker of ``app`` draining them, and check
+    every job is done.
+
+    The jobs are queued in ``enqueue_many`` calls of up to 1000, through ``loader`` if given
+    (so the measured app's pool does no extra work), else through ``app`` itself (so its
+    enqueue layers see them: one send span per call when tracing). ``collect_garbage`` starts
+    the clock without garbage left from queueing or the last drain."""
+    source = app if loader is None else loader
+    pool = await source.pool()
+    await pool.execute("TRUNCATE soniq_jobs, soniq_workers")
+    for start in range(0, jobs, 1000):
+        await source.enqueue_many(job, [args(i) for i in range(start, min(jobs, start + 1000))])
+    if collect_garbage:
+        gc.collect()
+    worker = app.worker(concurrency=concurrency, run_once=True, install_signal_handlers=False)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await worker.run()
+    result = Drain(time.perf_counter() - started, time.process_time() - cpu_started)
+    done = await pool.fetchval("SELECT count(*) FROM soniq_jobs WHERE status = 'done'")
+    if done != jobs:
+        raise RuntimeError(f"expected {jobs} jobs done, found {done}")
+    return result
 
 
 def median(values: list[float]) -> float:

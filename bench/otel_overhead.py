@@ -7,10 +7,11 @@ processor's queue is large enough that no span is dropped (dropping would flatte
 and the number of spans exported is checked. Repetitions alternate off/on so drift on a shared
 machine hits both alike; the ratio is of the medians. Enqueue is not timed.
 
-    python bench/otel_overhead.py [--jobs 5000] [--reps 5] [--concurrency 20] [--job noop|query]
+    python -m bench.otel_overhead [--jobs 5000] [--reps 5] [--concurrency 20] [--job noop|query]
 
-Database: SONIQ_DATABASE_URL's server (default postgresql://postgres@127.0.0.1:5432/postgres);
-a scratch database is created there and dropped at the end.
+(from the repository root, like ``python -m bench``). Database: ``BENCH_DATABASE_URL``'s server,
+else ``SONIQ_TEST_DATABASE_URL``'s, else postgresql://postgres@127.0.0.1:5432/postgres; a scratch
+database is created there and dropped at the end.
 """
 
 from __future__ import annotations
@@ -18,21 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import threading
-import time
-import uuid
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+from bench import common
 from soniq import Soniq
 from soniq_otel import OtelConfig
 
@@ -73,21 +70,11 @@ def make_app(url: str, provider: SdkTracerProvider | None, job: str) -> Soniq:
     return app
 
 
-async def drain(
-    app: Soniq, admin: asyncpg.Connection, jobs: int, concurrency: int
-) -> tuple[float, float]:
-    """Returns (jobs per second, CPU microseconds of this process per job)."""
-    await admin.execute("TRUNCATE soniq_jobs, soniq_workers")
-    for start in range(0, jobs, 1000):
-        chunk = [{"n": i} for i in range(start, min(jobs, start + 1000))]
-        await app.enqueue_many("bench.job", chunk)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    await app.run_worker(concurrency=concurrency, run_once=True, install_signal_handlers=False)
-    took, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    done = await admin.fetchval("SELECT count(*) FROM soniq_jobs WHERE status = 'done'")
-    if done != jobs:
-        raise SystemExit(f"only {done} of {jobs} jobs done")
-    return jobs / took, cpu / jobs * 1e6
+async def drain(app: Soniq, jobs: int, concurrency: int) -> tuple[float, float]:
+    """Returns (jobs per second, CPU microseconds of this process per job). The app queues its
+    own jobs, so each enqueue_many call of up to 1000 is traced as one send span."""
+    took = await common.drain(app, "bench.job", jobs, concurrency, args=lambda i: {"n": i})
+    return jobs / took.seconds, took.cpu_seconds / jobs * 1e6
 
 
 async def main(argv: list[str]) -> int:
@@ -103,12 +90,8 @@ async def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
 
-    server = os.environ.get("SONIQ_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"soniq_bench_otel_{uuid.uuid4().hex[:8]}"
-    url = urlunsplit(urlsplit(server)._replace(path="/" + name))
-    conn = await asyncpg.connect(server)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
+    server = common.admin_url()
+    url = await common.create_database(server, "otel")
 
     exporter = CountingExporter()
     provider = SdkTracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
@@ -120,26 +103,20 @@ async def main(argv: list[str]) -> int:
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     try:
         await off.setup()
-        admin = await asyncpg.connect(url)
-        try:
-            await drain(off, admin, min(args.jobs, 1000), args.concurrency)  # warm up both
-            await drain(on, admin, min(args.jobs, 1000), args.concurrency)
-            provider.force_flush()
-            exporter.count = 0
-            for _ in range(args.reps):
-                for label, app in (("off", off), ("on", on)):
-                    rate, cpu_per_job = await drain(app, admin, args.jobs, args.concurrency)
-                    rates[label].append(rate)
-                    cpu[label].append(cpu_per_job)
-        finally:
-            await admin.close()
+        await drain(off, min(args.jobs, 1000), args.concurrency)  # warm up both
+        await drain(on, min(args.jobs, 1000), args.concurrency)
+        provider.force_flush()
+        exporter.count = 0
+        for _ in range(args.reps):
+            for label, app in (("off", off), ("on", on)):
+                rate, cpu_per_job = await drain(app, args.jobs, args.concurrency)
+                rates[label].append(rate)
+                cpu[label].append(cpu_per_job)
         provider.force_flush()
     finally:
         await off.close()
         await on.close()
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await common.drop_database(server, url)
 
     # One process span per job, one send span per enqueue_many call of up to 1000.
     expected_spans = args.reps * (args.jobs + -(-args.jobs // 1000))

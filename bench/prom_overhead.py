@@ -6,35 +6,22 @@ draining them; the two variants alternate (ABBA) so that drift in the machine's 
 both. No-op jobs make this the worst case: the metrics' cost is compared with the queue's
 bare per-job cost, not hidden behind real work.
 
-    .venv/bin/python bench/prom_overhead.py [--jobs 2000] [--reps 10] [--concurrency 10]
+    .venv/bin/python -m bench.prom_overhead [--jobs 2000] [--reps 10] [--concurrency 10]
 
-Database: SONIQ_BENCH_DATABASE_URL, else SONIQ_TEST_DATABASE_URL, else 127.0.0.1:5432 (user
-postgres); a database is created for the run and dropped after.
+(from the repository root, like ``python -m bench``). Database: ``BENCH_DATABASE_URL``'s server,
+else ``SONIQ_TEST_DATABASE_URL``'s, else 127.0.0.1:5432 (user postgres); a database is created
+for the run and dropped after.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
-import uuid
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
+from bench import common
 from soniq import Soniq
-
-ADMIN_URL = (
-    os.environ.get("SONIQ_BENCH_DATABASE_URL")
-    or os.environ.get("SONIQ_TEST_DATABASE_URL")
-    or "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
 def make_app(url: str, metrics: bool) -> Soniq:
@@ -54,23 +41,16 @@ async def drain(app: Soniq, jobs: int, concurrency: int) -> tuple[float, float]:
     process). The second figure ignores time spent waiting for PostgreSQL or for a CPU that
     another process holds: it is the throughput if the database were free, the case where the
     layer's cost weighs most."""
-    for start in range(0, jobs, 1000):
-        await app.enqueue_many("noop", [{} for _ in range(min(1000, jobs - start))])
-    worker = app.worker(concurrency=concurrency, run_once=True, install_signal_handlers=False)
-    began, began_cpu = time.perf_counter(), time.process_time()
-    await worker.run()
-    return jobs / (time.perf_counter() - began), jobs / (time.process_time() - began_cpu)
+    took = await common.drain(app, "noop", jobs, concurrency, args=lambda i: {})
+    return jobs / took.seconds, jobs / took.cpu_seconds
 
 
 async def main(jobs: int, reps: int, concurrency: int) -> None:
-    name = f"soniq_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(ADMIN_URL, name)
+    admin = common.admin_url()
+    url = await common.create_database(admin, "prom")
     plain, metered = make_app(url, False), make_app(url, True)
     try:
         await plain.setup()
-        conn = await asyncpg.connect(url)
         await drain(plain, jobs // 5, concurrency)  # warm up: pools, plans, caches
         await drain(metered, jobs // 5, concurrency)
         rates: dict[str, list[float]] = {"off": [], "on": []}
@@ -78,17 +58,14 @@ async def main(jobs: int, reps: int, concurrency: int) -> None:
         for rep in range(reps):
             order = ("off", "on") if rep % 2 == 0 else ("on", "off")
             for variant in order:
-                await conn.execute("TRUNCATE soniq_jobs")
                 app = metered if variant == "on" else plain
                 rate, cpu_rate = await drain(app, jobs, concurrency)
                 rates[variant].append(rate)
                 cpu_rates[variant].append(cpu_rate)
-        await conn.close()
     finally:
         await plain.close()
         await metered.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await common.drop_database(admin, url)
 
     # Each repetition's two drains ran back to back, so their ratio is the least disturbed by
     # other load on the machine; the median of those ratios is the headline figure.
