@@ -32,12 +32,12 @@ class Settings(BaseSettings):
     concurrency: int = Field(10, ge=1, description="Jobs one worker runs at once.")
     queues: list[str] | None = Field(None, description="Queues a worker takes; None is all.")
     prefetch: int = Field(
-        0,
+        200,
         ge=0,
         description="Most jobs a worker claims ahead of its free slots, so fast jobs do not "
         "wait for a round trip; it claims about three round trips' worth of its start rate. "
-        "Off by default: a job started from that buffer whose start is not yet recorded when "
-        "its worker is killed runs again without the attempt being counted.",
+        "0 turns it off. If a worker is killed, each job it held claimed ahead is counted as "
+        "an attempt used (it may have started), but never the job's last attempt.",
     )
     thread_pool_size: int | None = Field(
         None, ge=1, description="Threads for plain `def` jobs; default: the concurrency."

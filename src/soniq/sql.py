@@ -304,18 +304,27 @@ HEARTBEAT = "UPDATE soniq_workers SET heartbeat_at = now() WHERE id = $1 RETURNI
 
 DEREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1"
 
-# Jobs whose worker stopped heartbeating go back to the queue. A job whose start was recorded
-# (started_at set) was running: its attempt counts, and when it was the last one the job goes
-# to the dead-letter queue, since a job that kills its worker every time must not loop forever.
-# A job the worker had claimed ahead but not yet reported as started goes back uncounted and is
-# marked suspect: it may have been the one that killed the worker, so the next worker records
-# its start before running it, and a second death counts.
-# scheduled_at is left alone, so a recovered job keeps its place in line instead of
-# waiting behind everything enqueued since.
+# Jobs whose worker stopped heartbeating go back to the queue. scheduled_at is left alone, so a
+# recovered job keeps its place in line instead of waiting behind everything enqueued since.
+# Three kinds of row, by what the lost worker had written:
+# - started_at set: the attempt was running and is counted. When it was the last one the job goes
+#   to the dead-letter queue, since a job that kills its worker every time must not loop forever.
+# - started_at NULL: claimed ahead (prefetch); it may have started and even killed the worker
+#   before its start was written. Its attempt is counted as used, so every run after a kill has
+#   a higher attempt number, except when that would use up the job's attempts: a job's last
+#   attempt never starts before its start is written (see Worker._fill_slots), so such a row
+#   surely did not start and goes back uncounted. It is marked suspect either way: the next
+#   worker writes its start before running it.
+# - finished_at set while processing: the worker shut down with this attempt still running in a
+#   thread and refunded it in advance (REFUND_HELD); it goes back as refunded.
 RECOVER_LOST_JOBS = """
 WITH lost AS (
-    SELECT j.id, j.started_at IS NULL AS unstarted,
-           j.started_at IS NOT NULL AND j.attempts >= j.max_attempts AS exhausted
+    SELECT j.id,
+           j.started_at IS NULL AS unreported,
+           j.started_at IS NULL AND j.attempts + 1 < j.max_attempts AS charged,
+           j.started_at IS NOT NULL AND j.finished_at IS NOT NULL AS refunded,
+           j.started_at IS NOT NULL AND j.finished_at IS NULL
+               AND j.attempts >= j.max_attempts AS exhausted
     FROM soniq_jobs AS j
     WHERE j.status = 'processing'
       AND NOT EXISTS (
@@ -325,19 +334,26 @@ WITH lost AS (
 )
 UPDATE soniq_jobs AS j SET
     status      = CASE WHEN lost.exhausted THEN 'dead_letter' ELSE 'queued' END,
-    last_error  = CASE WHEN lost.unstarted
-                       THEN format('WorkerLost: worker %s stopped heartbeating before the start '
-                                   'of attempt %s was recorded; not counted',
-                                   coalesce(j.worker_id, '?'), j.attempts + 1)
-                       ELSE format('WorkerLost: worker %s stopped heartbeating during attempt %s'
-                                   || CASE WHEN lost.exhausted
-                                           THEN '; attempts exhausted (the job may be killing '
-                                                'its worker)'
-                                           ELSE '' END,
-                                   coalesce(j.worker_id, '?'), j.attempts) END,
+    attempts    = j.attempts + lost.charged::int,
+    last_error  = CASE
+        WHEN lost.charged
+        THEN format('WorkerLost: worker %s stopped heartbeating holding attempt %s, claimed '
+                    'ahead and perhaps started; counted', coalesce(j.worker_id, '?'),
+                    j.attempts + 1)
+        WHEN lost.unreported
+        THEN format('WorkerLost: worker %s stopped heartbeating before attempt %s, the last, '
+                    'started; not counted', coalesce(j.worker_id, '?'), j.attempts + 1)
+        WHEN lost.refunded
+        THEN format('WorkerLost: worker %s exited while attempt %s still ran in a thread; not '
+                    'counted', coalesce(j.worker_id, '?'), j.attempts + 1)
+        ELSE format('WorkerLost: worker %s stopped heartbeating during attempt %s'
+                    || CASE WHEN lost.exhausted
+                            THEN '; attempts exhausted (the job may be killing its worker)'
+                            ELSE '' END,
+                    coalesce(j.worker_id, '?'), j.attempts) END,
     finished_at = CASE WHEN lost.exhausted THEN now() END,
     worker_id   = NULL,
-    suspect     = j.suspect OR lost.unstarted
+    suspect     = j.suspect OR lost.unreported
 FROM lost WHERE j.id = lost.id
 RETURNING j.id, j.job_name, j.status
 """
@@ -349,18 +365,20 @@ DELETE FROM soniq_workers WHERE heartbeat_at < now() - make_interval(secs => $1)
 # After an outage the worker may have lost a claim response in flight; anything it holds but
 # is not running goes back without using up an attempt (only a recorded start counted one).
 RELEASE_UNTRACKED = """
-UPDATE soniq_jobs SET status = 'queued', attempts = attempts - (started_at IS NOT NULL)::int,
-                      worker_id = NULL, started_at = NULL
+UPDATE soniq_jobs SET status = 'queued',
+                      attempts = attempts - (started_at IS NOT NULL AND finished_at IS NULL)::int,
+                      worker_id = NULL, started_at = NULL, finished_at = NULL
 WHERE worker_id = $1 AND status = 'processing' AND id <> ALL($2::uuid[])
 """
 
 # Shutdown: jobs whose attempt cannot be interrupted (a thread) stay held by the exiting worker
-# with the attempt refunded in advance; lease recovery then returns them, counting it again.
-# Clearing started_at marks the refund as made, so a retried flush cannot refund twice.
+# with the attempt refunded in advance; lease recovery then returns them uncounted. finished_at,
+# otherwise NULL while a job is processing, marks the refund as made, so that recovery knows it
+# and a retried flush cannot refund twice.
 REFUND_HELD = """
-UPDATE soniq_jobs SET attempts = attempts - 1, started_at = NULL
+UPDATE soniq_jobs SET attempts = attempts - 1, finished_at = now()
 WHERE worker_id = $1 AND status = 'processing' AND id = ANY($2::uuid[])
-  AND started_at IS NOT NULL
+  AND started_at IS NOT NULL AND finished_at IS NULL
 """
 
 # Names this worker does not know among the jobs next in line, for its warning. Only the head of

@@ -308,7 +308,10 @@ class Worker:
             return
         while self._buffer and len(self._running) + len(self._prestart) < self.concurrency:
             row, claimed_at = self._buffer.popleft()
-            if row["suspect"]:
+            # A job's last attempt starts only once its start is written: if it killed the
+            # worker unrecorded, lease recovery could neither count it (the job might never have
+            # started) nor leave it uncounted (it might loop); see sql.RECOVER_LOST_JOBS.
+            if row["suspect"] or row["attempt"] >= row["max_attempts"]:
                 self._prestart.append((row, claimed_at))
             else:
                 self._unreported[row["id"]] = row["attempt"]
@@ -752,8 +755,14 @@ class Worker:
                 await asyncio.sleep(delay)
             try:
                 finished, self._finished = self._finished, []
+                # A held job started from the buffer has its start written first, so that the
+                # refund below finds a counted attempt to refund.
+                starts = [Finished(i, None, attempt=a)
+                          for i, a in self._unreported.items() if i in self._held]
                 try:
-                    await self._round_trip(finished, 0)
+                    await self._round_trip(finished, 0, starts=starts)
+                    for f in starts:
+                        self._unreported.pop(f.id, None)
                 except BAD_DATA_ERRORS as exc:
                     await self._finish_separately(finished, exc)
                     if self._finished:
