@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -58,6 +59,10 @@ class TracingMiddleware(Middleware):
         self._record_arg_names: frozenset[str] = (
             frozenset() if isinstance(wanted, bool) else frozenset(wanted)
         )
+        self._last_extracted: (
+            tuple[TextMapPropagator, tuple[tuple[str, str], ...], otel_context.Context,
+                  trace.SpanContext] | None
+        ) = None
 
     def __repr__(self) -> str:
         return f"TracingMiddleware({self.config!r})"
@@ -195,8 +200,7 @@ class TracingMiddleware(Middleware):
         links: list[Link] = []
         mode = ctx.spec.trace_parent or self.config.trace_parent
         if mode != "none":
-            extracted = propagate.extract(carrier)
-            creation = trace.get_current_span(extracted).get_span_context()
+            extracted, creation = self._extract(carrier)
             if not creation.is_valid:
                 parent = extracted  # baggage only
             else:
@@ -217,6 +221,26 @@ class TracingMiddleware(Middleware):
             if before.is_valid:
                 links.append(Link(before, _PREVIOUS_LINK))
         return parent, links
+
+    def _extract(
+        self, carrier: dict[str, str]
+    ) -> tuple[otel_context.Context, trace.SpanContext]:
+        """The creation context a job carries, through the global propagator.
+
+        Jobs enqueued together carry the same context and are usually claimed together, so the
+        last one extracted is kept: a Context is immutable, and the propagator's parsing is a
+        good part of what a span costs. The previous attempt's key is ours, not the
+        propagator's, and stays out of the comparison.
+        """
+        propagator = propagate.get_global_textmap()
+        key = tuple(item for item in carrier.items() if item[0] != A.PREVIOUS_ATTEMPT_KEY)
+        cached = self._last_extracted
+        if cached is not None and cached[0] is propagator and cached[1] == key:
+            return cached[2], cached[3]
+        extracted = propagator.extract(carrier)
+        creation = trace.get_current_span(extracted).get_span_context()
+        self._last_extracted = (propagator, key, extracted, creation)
+        return extracted, creation
 
     def _end_attempt(
         self,

@@ -46,6 +46,9 @@ def attempt_fields(attempt: AttemptContext) -> dict[str, Any]:
     }
 
 
+_ALL_FIELDS = ("job_id", "job_name", "queue", "attempt", "trace_id", "span_id")
+
+
 class JobContextFilter(logging.Filter):
     """Adds ``job_id``, ``job_name``, ``queue``, ``attempt``, ``trace_id`` and ``span_id`` to
     records logged while a job attempt runs (or while any span is current, for the trace ids).
@@ -56,10 +59,12 @@ class JobContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        values = record.__dict__
+        if all(key in values for key in _ALL_FIELDS):
+            return True  # the log layer's own records come complete
         attempt = current_attempt.get() or attempt_in_chain.get()
         fields = attempt_fields(attempt) if attempt is not None else {}
         fields.update(trace_ids())
-        values = record.__dict__
         for key, value in fields.items():
             if key not in values:
                 values[key] = value

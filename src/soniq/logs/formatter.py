@@ -38,7 +38,8 @@ class JsonFormatter(_PythonJsonFormatter):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         # Set first so it leads the line, where people and tools look for it.
-        log_data["timestamp"] = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        # As text already: the encoder would otherwise call back into Python for a datetime.
+        log_data["timestamp"] = datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat()
         super().add_fields(log_data, record, message_dict)
 
 
