@@ -120,6 +120,17 @@ async def test_claimed_ahead_jobs_with_attempts_left_are_counted_when_their_work
         assert expected in back["last_error"]
 
 
+async def _attempts_and_started(db: asyncpg.Connection, job_id: str) -> tuple[int, bool]:
+    """What the database holds of a running job: its attempts, and whether its start is
+    written."""
+    row = await db.fetchrow(
+        "SELECT attempts, started_at IS NOT NULL AS started FROM soniq_jobs WHERE id = $1",
+        job_id,
+    )
+    assert row is not None
+    return row["attempts"], row["started"]
+
+
 async def test_a_last_attempt_has_its_start_recorded_before_it_runs(
     app: Soniq, db: asyncpg.Connection
 ) -> None:
@@ -128,13 +139,7 @@ async def test_a_last_attempt_has_its_start_recorded_before_it_runs(
     @app.job(name="job", max_retries=0)
     async def job(i: int, ctx: JobContext) -> None:
         if i % 10 == 0:
-            row = await db.fetchrow(
-                "SELECT attempts, started_at IS NOT NULL AS started FROM soniq_jobs "
-                "WHERE id = $1",
-                ctx.job_id,
-            )
-            assert row is not None
-            seen_in_db[i] = (row["attempts"], row["started"])
+            seen_in_db[i] = await _attempts_and_started(db, ctx.job_id)
 
     await app.enqueue_many("job", [{"i": i} for i in range(400)])
     async with running_worker(app, concurrency=1) as worker:
@@ -151,13 +156,7 @@ async def test_a_suspect_job_has_its_attempt_recorded_before_it_runs(
     @app.job(name="job")
     async def job(i: int, ctx: JobContext) -> None:
         if i >= 1000:
-            row = await db.fetchrow(
-                "SELECT attempts, started_at IS NOT NULL AS started FROM soniq_jobs "
-                "WHERE id = $1",
-                ctx.job_id,
-            )
-            assert row is not None
-            seen_in_db[i] = (row["attempts"], row["started"])
+            seen_in_db[i] = await _attempts_and_started(db, ctx.job_id)
 
     # Many fast jobs first, so the worker is claiming ahead when it reaches the suspect ones.
     await app.enqueue_many("job", [{"i": i} for i in range(400)])
