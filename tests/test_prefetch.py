@@ -29,7 +29,8 @@ from tests.support.waiting import running_worker, wait_until
 
 @pytest.fixture(autouse=True)
 def prefetch_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prefetch is opt-in; these tests turn it on (worker subprocesses inherit it)."""
+    """Prefetch is on by default; pinned here so that an environment which turns it off cannot
+    hollow these tests out (worker subprocesses inherit it)."""
     monkeypatch.setenv("SONIQ_PREFETCH", "200")
 
 
