@@ -102,6 +102,10 @@ class Worker:
         # Jobs started per second and round-trip seconds (moving averages): how many jobs the
         # worker gets through while one round trip is out, i.e. how many to claim ahead.
         self._start_rate = 0.0
+        # Share of started jobs that were on their last attempt or suspect (moving average):
+        # those start only after a round trip writes their start, so claiming them ahead gains
+        # nothing and costs them a round trip of waiting; the worker claims that much less ahead.
+        self._written_first = 0.0
         self._trip_time = 0.0
         self._started = 0
         self._rate_since = 0.0  # loop time and start count the rate is measured from
@@ -216,7 +220,10 @@ class Worker:
             # Claim ahead three round trips' worth of starts: enough that fast jobs never wait
             # on the database (and it grows from nothing: a worker that runs through what it has
             # doubles its rate), while slow jobs leave the rest of the queue to other workers.
-            ahead = min(self.prefetch, math.ceil(3 * self._start_rate * self._trip_time))
+            ahead = min(
+                self.prefetch,
+                math.ceil(3 * self._start_rate * self._trip_time * (1.0 - self._written_first)),
+            )
             ahead -= len(self._buffer)
             want = free + max(0, ahead) if self._maybe_more else 0
             if not (want or self._finished or self._unreported or self._prestart):
@@ -308,10 +315,7 @@ class Worker:
             return
         while self._buffer and len(self._running) + len(self._prestart) < self.concurrency:
             row, claimed_at = self._buffer.popleft()
-            # A job's last attempt starts only once its start is written: if it killed the
-            # worker unrecorded, lease recovery could neither count it (the job might never have
-            # started) nor leave it uncounted (it might loop); see sql.RECOVER_LOST_JOBS.
-            if row["suspect"] or row["attempt"] >= row["max_attempts"]:
+            if _start_written_first(row):
                 self._prestart.append((row, claimed_at))
             else:
                 self._unreported[row["id"]] = row["attempt"]
@@ -425,6 +429,7 @@ class Worker:
             self._finished.append(Finished(job_id, "queued", refund=1, attempt=attempt))
             return
         self._started += 1
+        self._written_first += 0.05 * (_start_written_first(row) - self._written_first)
         waited = row["queue_wait_s"] + (asyncio.get_running_loop().time() - claimed_at)
         ctx = AttemptContext(
             job_id=job_id,
@@ -819,6 +824,15 @@ class Worker:
             self.grace_period,
         )
         self.stop()
+
+
+def _start_written_first(row: asyncpg.Record) -> bool:
+    """Whether a claimed-ahead job may start only once its start is written: a suspect job, and
+    a job's last attempt. If such a job killed the worker unrecorded, lease recovery could
+    neither count the attempt (the job might never have started: a crash must not dead-letter
+    it) nor leave it uncounted (it might be what kills workers, and loop); see
+    sql.RECOVER_LOST_JOBS."""
+    return bool(row["suspect"] or row["attempt"] >= row["max_attempts"])
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:
