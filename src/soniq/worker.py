@@ -102,14 +102,14 @@ class Worker:
         # Jobs started per second and round-trip seconds (moving averages): how many jobs the
         # worker gets through while one round trip is out, i.e. how many to claim ahead.
         self._start_rate = 0.0
-        # Share of started jobs that were on their last attempt or suspect (moving average):
-        # those start only after a round trip writes their start, so claiming them ahead gains
-        # nothing and costs them a round trip of waiting; the worker claims that much less ahead.
-        self._written_first = 0.0
         self._trip_time = 0.0
         self._started = 0
         self._rate_since = 0.0  # loop time and start count the rate is measured from
         self._rate_from = 0
+        # Share of started jobs that were on their last attempt or suspect (moving average):
+        # those start only after a round trip writes their start, so claiming them ahead gains
+        # nothing and costs them a round trip of waiting; the worker claims that much less ahead.
+        self._written_first = 0.0
         # When the next delayed job or retry comes due (loop time), as the last short claim saw
         # (known once a claim that asked came back short).
         self._due_at: float | None = None
