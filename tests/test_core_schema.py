@@ -90,3 +90,37 @@ async def test_claim_uses_the_partial_index(app: Soniq, db: asyncpg.Connection) 
         picked = text.split("CTE picked")[1].split("CTE claimed")[0]
         assert "Index Scan using soniq_jobs_claim" in picked, text
         assert "Sort" not in picked, text
+
+
+async def test_migrating_an_older_schema_keeps_every_job(empty_database_url: str) -> None:
+    """A database set up by an earlier version, with jobs in every state, comes through the
+    later migrations (status text to an enum, indexes rebuilt) with each job as it was."""
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(sql.CREATE_VERSION_TABLE)
+            for version, migration in enumerate(sql.MIGRATIONS[:2], start=1):
+                await conn.execute(migration)
+                await conn.execute(sql.RECORD_VERSION, version)
+        states = ["queued", "processing", "done", "dead_letter", "cancelled"]
+        await conn.execute(
+            """INSERT INTO soniq_jobs (id, job_name, queue, args, status, max_attempts)
+               SELECT gen_random_uuid(), 'x', 'default', '{}', s, 3 FROM unnest($1::text[]) s""",
+            states,
+        )
+        async with Soniq(empty_database_url) as app:
+            await app.setup()
+        version = await conn.fetchval("SELECT max(version) FROM soniq_schema_version")
+        kept = await conn.fetch("SELECT status::text, max_attempts FROM soniq_jobs")
+        indexes = {r[0] for r in await conn.fetch(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'soniq_jobs'")}
+        with pytest.raises(asyncpg.InvalidTextRepresentationError):
+            await conn.execute("UPDATE soniq_jobs SET status = 'finished'")
+    finally:
+        await conn.close()
+    assert version == sql.SCHEMA_VERSION
+    assert sorted((r[0], r[1]) for r in kept) == sorted((s, 3) for s in states)
+    assert {
+        "soniq_jobs_claim_queue", "soniq_jobs_claim_any", "soniq_jobs_due",
+        "soniq_jobs_processing", "soniq_jobs_dead_letter", "soniq_jobs_finished",
+    } <= indexes
