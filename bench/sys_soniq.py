@@ -69,8 +69,8 @@ class SoniqSystem:
                                    scheduled_at, created_at, finished_at)
             SELECT (ms.hex || '7' || lpad(to_hex($4::int), 3, '0') || '8'
                     || lpad(to_hex(g), 15, '0'))::uuid,
-                   $1, 'default', jsonb_build_object('i', g), $2, 4,
-                   CASE WHEN $2 = 'queued' THEN 0 ELSE 1 END,
+                   $1, 'default', jsonb_build_object('i', g), $2::soniq_job_status, 4,
+                   CASE WHEN $2::soniq_job_status = 'queued' THEN 0 ELSE 1 END,
                    now() - interval '1 hour', now() - interval '1 hour', {finished}
             FROM generate_series(1, $3) AS g,
                  -- Time-ordered ids, like the UUIDv7 ones Soniq's enqueue writes.
