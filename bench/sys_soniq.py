@@ -99,7 +99,7 @@ class Telemetry:
     file."""
 
     def __init__(self) -> None:
-        self.exported = 0
+        self.exporter: Any = None
         self.provider: Any = None
         self.log_file = os.path.join(tempfile.gettempdir(), f"soniq-bench-{os.getpid()}.log")
 
@@ -107,26 +107,17 @@ class Telemetry:
         """Returns why it is not available, or None."""
         try:
             from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import (
-                BatchSpanProcessor,
-                SpanExporter,
-                SpanExportResult,
-            )
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
             from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+            from bench.otel_overhead import CountingExporter
             from soniq.logs import JsonFormatter
             from soniq_otel import OtelConfig
 
-            telemetry = self
-
-            class CountingExporter(SpanExporter):
-                def export(self, spans: Any) -> SpanExportResult:
-                    telemetry.exported += len(spans)
-                    return SpanExportResult.SUCCESS
-
             self.provider = TracerProvider(sampler=ALWAYS_ON)
+            self.exporter = CountingExporter()
             self.provider.add_span_processor(
-                BatchSpanProcessor(CountingExporter(), max_queue_size=1_000_000)
+                BatchSpanProcessor(self.exporter, max_queue_size=1_000_000)
             )
             handler = logging.FileHandler(self.log_file)
             handler.setFormatter(JsonFormatter())
@@ -148,4 +139,4 @@ class Telemetry:
         with open(self.log_file) as f:
             lines = sum(1 for _ in f)
         os.unlink(self.log_file)
-        return {"spans": self.exported, "log_lines": lines}
+        return {"spans": self.exporter.count, "log_lines": lines}

@@ -25,23 +25,19 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from bench import common
+from bench.otel_overhead import CountingExporter
 from soniq import Soniq
 from soniq.logs import JsonFormatter
-
-
-class _Discard(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
 
 
 def _per_call_us(call: Callable[[], object], calls: int) -> float:
@@ -54,7 +50,7 @@ def _per_call_us(call: Callable[[], object], calls: int) -> float:
 
 def span_cost_us(calls: int) -> float:
     provider = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=calls + 4096))
+    provider.add_span_processor(BatchSpanProcessor(CountingExporter(), max_queue_size=calls + 4096))
     tracer = provider.get_tracer("floor")
     with tracer.start_as_current_span("send job") as send:
         creation = send.get_span_context()

@@ -51,21 +51,21 @@ def build(database_url: str | None = None, **settings: object) -> Soniq:
         pool = await app.pool()
         await pool.execute(_END, ctx.job_id, ctx.attempt, os.getpid())
 
-    @app.job(name="sleepy", max_retries=3)
-    async def sleepy(ctx: JobContext, first: float, later: float = 0.0) -> int:
-        """Sleeps ``first`` seconds on its first run, ``later`` on any run after that."""
+    async def sleep_and_record(ctx: JobContext, first: float, later: float) -> int:
         runs = await started(ctx)
         await asyncio.sleep(first if runs == 1 else later)
         await ended(ctx)
         return os.getpid()
 
+    @app.job(name="sleepy", max_retries=3)
+    async def sleepy(ctx: JobContext, first: float, later: float = 0.0) -> int:
+        """Sleeps ``first`` seconds on its first run, ``later`` on any run after that."""
+        return await sleep_and_record(ctx, first, later)
+
     @app.job(name="sleepy_once", max_retries=0)
     async def sleepy_once(ctx: JobContext, first: float, later: float = 0.0) -> int:
         """Like ``sleepy`` with no retries: a used-up attempt would dead-letter it."""
-        runs = await started(ctx)
-        await asyncio.sleep(first if runs == 1 else later)
-        await ended(ctx)
-        return os.getpid()
+        return await sleep_and_record(ctx, first, later)
 
     async def in_thread(query: str, ctx: JobContext) -> int:
         # A plain ``def`` job has no loop of its own; a short-lived connection does the write.
