@@ -70,8 +70,13 @@ async def drain(app: Soniq, loader: Soniq, jobs: int, concurrency: int) -> tuple
     """Jobs per second, and this process's CPU microseconds per job (what the hooks add is CPU
     here). Each drain starts without garbage left from queueing or the last drain."""
     took = await common.drain(
-        app, JOB_NAME, jobs, concurrency,
-        args=lambda i: {"i": i}, loader=loader, collect_garbage=True,
+        app,
+        JOB_NAME,
+        jobs,
+        concurrency,
+        args=lambda i: {"i": i},
+        loader=loader,
+        collect_garbage=True,
     )
     return jobs / took.seconds, took.cpu_seconds / jobs * 1e6
 
@@ -85,9 +90,18 @@ async def chain_cost_us(app: Soniq, calls: int) -> float:
     for _ in range(5):  # best of five: the floor, not the machine's noise
         contexts = [
             AttemptContext(
-                job_id=str(uuid.uuid4()), job_name=JOB_NAME, queue="default", attempt=1,
-                max_attempts=4, priority=0, args={"i": 0}, enqueued_at=now, scheduled_at=now,
-                queue_wait_s=0.0, worker_id="bench", spec=spec,
+                job_id=str(uuid.uuid4()),
+                job_name=JOB_NAME,
+                queue="default",
+                attempt=1,
+                max_attempts=4,
+                priority=0,
+                args={"i": 0},
+                enqueued_at=now,
+                scheduled_at=now,
+                queue_wait_s=0.0,
+                worker_id="bench",
+                spec=spec,
             )
             for _ in range(calls)
         ]
@@ -133,27 +147,37 @@ async def main(args: argparse.Namespace) -> None:
         pair_ratio = statistics.median(pairs)
         hooks = 3 * args.hooks_per_event
         print()
-        print(f"jobs per drain {args.jobs}, concurrency {args.concurrency}, "
-              f"{args.repeats} interleaved repetitions, {hooks} no-op hooks in 'hooked'")
-        print(f"median drain throughput: no hooks {plain_rate:.0f} jobs/s, "
-              f"{hooks} hooks {hooked_rate:.0f} jobs/s")
+        print(
+            f"jobs per drain {args.jobs}, concurrency {args.concurrency}, "
+            f"{args.repeats} interleaved repetitions, {hooks} no-op hooks in 'hooked'"
+        )
+        print(
+            f"median drain throughput: no hooks {plain_rate:.0f} jobs/s, "
+            f"{hooks} hooks {hooked_rate:.0f} jobs/s"
+        )
         print(f"ratio (hooked / plain) of medians: {ratio:.3f}  -> cost {100 * (1 - ratio):+.1f} %")
         q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pair_ratio,) * 3
-        print(f"median of per-pair ratios:        {pair_ratio:.3f}  -> cost "
-              f"{100 * (1 - pair_ratio):+.1f} %  (quartiles {q1:.3f} .. {q3:.3f}: the noise)")
+        print(
+            f"median of per-pair ratios:        {pair_ratio:.3f}  -> cost "
+            f"{100 * (1 - pair_ratio):+.1f} %  (quartiles {q1:.3f} .. {q3:.3f}: the noise)"
+        )
 
         plain_cpu = statistics.median(cpus["plain"])
         hooked_cpu = statistics.median(cpus["hooked"])
-        print(f"median worker-process CPU per job: no hooks {plain_cpu:.0f} us, {hooks} hooks "
-              f"{hooked_cpu:.0f} us -> cost {100 * (hooked_cpu / plain_cpu - 1):+.1f} %")
+        print(
+            f"median worker-process CPU per job: no hooks {plain_cpu:.0f} us, {hooks} hooks "
+            f"{hooked_cpu:.0f} us -> cost {100 * (hooked_cpu / plain_cpu - 1):+.1f} %"
+        )
 
         plain_us = await chain_cost_us(plain, args.chain_calls)
         hooked_us = await chain_cost_us(hooked, args.chain_calls)
         per_job_us = 1e6 / plain_rate
         added = hooked_us - plain_us
-        print(f"chain alone per attempt: no hooks {plain_us:.2f} us, {hooks} hooks "
-              f"{hooked_us:.2f} us; the hooks add {added:.2f} us = "
-              f"{100 * added / per_job_us:.2f} % of a drained job's {per_job_us:.0f} us")
+        print(
+            f"chain alone per attempt: no hooks {plain_us:.2f} us, {hooks} hooks "
+            f"{hooked_us:.2f} us; the hooks add {added:.2f} us = "
+            f"{100 * added / per_job_us:.2f} % of a drained job's {per_job_us:.0f} us"
+        )
         wall_cost, cpu_cost = 1 - pair_ratio, hooked_cpu / plain_cpu - 1
         spread = (q3 - q1) / 2
         print(
@@ -175,10 +199,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per drain")
     parser.add_argument("--repeats", type=int, default=21, help="measured pairs (after warm-up)")
     parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--hooks-per-event", type=int, default=1,
-                        help="no-op hooks on each of before_job, after_job, on_error")
-    parser.add_argument("--chain-calls", type=int, default=20000,
-                        help="attempts per timing of the chain alone")
+    parser.add_argument(
+        "--hooks-per-event",
+        type=int,
+        default=1,
+        help="no-op hooks on each of before_job, after_job, on_error",
+    )
+    parser.add_argument(
+        "--chain-calls", type=int, default=20000, help="attempts per timing of the chain alone"
+    )
     return parser.parse_args(argv)
 
 

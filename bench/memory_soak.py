@@ -98,6 +98,7 @@ async def throughput(url: str, folder: Path, sample: int, concurrency: int) -> f
         base = await done_count(conn)
         with Fleet(url, folder, poll_interval=1) as fleet:
             worker = await fleet.start_ready("--concurrency", str(concurrency))
+
             async def reached(count: int) -> bool:
                 return await done_count(conn) >= count
 
@@ -144,8 +145,9 @@ async def insert_ready(conn: asyncpg.Connection[Any], count: int) -> None:
     await conn.execute("VACUUM ANALYZE soniq_jobs")
 
 
-async def claim(url: str, folder: Path, backlog: int, sample: int, concurrency: int,
-                rounds: int) -> dict[str, Any]:
+async def claim(
+    url: str, folder: Path, backlog: int, sample: int, concurrency: int, rounds: int
+) -> dict[str, Any]:
     conn = await asyncpg.connect(url)
     smalls: list[float] = []
     larges: list[float] = []
@@ -205,8 +207,13 @@ async def main(args: argparse.Namespace) -> None:
                 print("memory:", result, flush=True)
                 print("memory samples (jobs done, RSS MB):", samples, flush=True)
             if args.part in ("claim", "both"):
-                print("claim:", await claim(url, Path(folder), args.backlog, args.sample,
-                                            args.concurrency, args.rounds), flush=True)
+                print(
+                    "claim:",
+                    await claim(
+                        url, Path(folder), args.backlog, args.sample, args.concurrency, args.rounds
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -95,9 +95,7 @@ async def main(argv: list[str]) -> int:
 
     exporter = CountingExporter()
     provider = SdkTracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
-    provider.add_span_processor(
-        BatchSpanProcessor(exporter, max_queue_size=4 * args.jobs + 4096)
-    )
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=4 * args.jobs + 4096))
     off, on = make_app(url, None, args.job), make_app(url, provider, args.job)
     rates: dict[str, list[float]] = {"off": [], "on": []}
     cpu: dict[str, list[float]] = {"off": [], "on": []}

@@ -79,8 +79,10 @@ async def main(jobs: int, top: int) -> None:
             _schedstat(h._con.get_server_pid()) for h in pool._holders if h._con is not None
         )
         print(f"drained {jobs:,} jobs in {wall:.2f}s ({jobs / wall:,.0f} jobs/s, sampled)")
-        print(f"worker CPU per job: {cpu / jobs * 1e6:.1f} us; PostgreSQL backend CPU per job: "
-              f"{server / 1000 / jobs:.1f} us")
+        print(
+            f"worker CPU per job: {cpu / jobs * 1e6:.1f} us; PostgreSQL backend CPU per job: "
+            f"{server / 1000 / jobs:.1f} us"
+        )
 
         session = profiler.last_session
         assert session is not None
@@ -111,7 +113,21 @@ async def main(jobs: int, top: int) -> None:
             attempts = ",".join(str(r["attempt"]) for r in held)
             plan = await conn.fetch(
                 "EXPLAIN (ANALYZE, WAL, COSTS OFF) " + claim,
-                "w", [], [], [], [], [], [], [], 100, ["bench.job"], None, [], 0, ids, attempts,
+                "w",
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+                100,
+                ["bench.job"],
+                None,
+                [],
+                0,
+                ids,
+                attempts,
             )
             print("\none round trip (100 recorded, 100 claimed):")
             for row in plan:

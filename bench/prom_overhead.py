@@ -75,17 +75,25 @@ async def main(jobs: int, reps: int, concurrency: int) -> None:
     print(f"jobs per drain {jobs}, repetitions {reps}, concurrency {concurrency}")
     for variant in ("off", "on"):
         each = ", ".join(f"{r:.0f}" for r in rates[variant])
-        print(f"metrics {variant:<3}: median {statistics.median(rates[variant]):7.0f} jobs/s"
-              f"  ({each})")
+        print(
+            f"metrics {variant:<3}: median {statistics.median(rates[variant]):7.0f} jobs/s"
+            f"  ({each})"
+        )
     print(f"per-repetition ratios on/off: {', '.join(f'{p:.3f}' for p in pairs)}")
-    print(f"drain throughput ratio on/off (median of per-repetition ratios): "
-          f"{statistics.median(pairs):.3f}")
+    print(
+        f"drain throughput ratio on/off (median of per-repetition ratios): "
+        f"{statistics.median(pairs):.3f}"
+    )
     for variant in ("off", "on"):
-        print(f"metrics {variant:<3}: median {statistics.median(cpu_rates[variant]):7.0f} "
-              f"jobs per CPU-second of the worker process")
+        print(
+            f"metrics {variant:<3}: median {statistics.median(cpu_rates[variant]):7.0f} "
+            f"jobs per CPU-second of the worker process"
+        )
     print(f"per-repetition CPU ratios on/off: {', '.join(f'{p:.3f}' for p in cpu_pairs)}")
-    print(f"CPU-bound ratio on/off (median of per-repetition ratios): "
-          f"{statistics.median(cpu_pairs):.3f}")
+    print(
+        f"CPU-bound ratio on/off (median of per-repetition ratios): "
+        f"{statistics.median(cpu_pairs):.3f}"
+    )
     print(f"metrics layer cost per attempt, no database: {cost:.1f} us")
 
 
@@ -107,9 +115,20 @@ def _layer_cost_us(attempts: int = 50_000) -> float:
         call = compose(app.middleware, app.hooks.wrap(job))
         now = datetime.now(timezone.utc)
         contexts = [
-            AttemptContext(job_id=str(i), job_name="noop", queue="default", attempt=1,
-                           max_attempts=4, priority=0, args={}, enqueued_at=now,
-                           scheduled_at=now, queue_wait_s=0.01, worker_id="bench", spec=spec)
+            AttemptContext(
+                job_id=str(i),
+                job_name="noop",
+                queue="default",
+                attempt=1,
+                max_attempts=4,
+                priority=0,
+                args={},
+                enqueued_at=now,
+                scheduled_at=now,
+                queue_wait_s=0.01,
+                worker_id="bench",
+                spec=spec,
+            )
             for i in range(attempts)
         ]
         began = time.perf_counter()

@@ -476,9 +476,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, two rounds")
     parser.add_argument("--reps", type=int, help="rounds (default 3, quick 2)")
-    parser.add_argument(
-        "--only", help="comma-separated subset of: enqueue,drain,latency,scale"
-    )
+    parser.add_argument("--only", help="comma-separated subset of: enqueue,drain,latency,scale")
     parser.add_argument("--no-scale", action="store_true", help="skip the 1M-row scale check")
     asyncio.run(amain(parser.parse_args()))
 

@@ -67,8 +67,10 @@ async def main() -> None:
 
         job = await app.get_job(failing)
         assert job is not None
-        print(f"\nPayment job is {job['status']} after {job['attempts']} attempts: "
-              f"{job['last_error']}")
+        print(
+            f"\nPayment job is {job['status']} after {job['attempts']} attempts: "
+            f"{job['last_error']}"
+        )
         for row in await app.queue_status():
             print(f"queue {row['queue']}: done={row['done']} dead_letter={row['dead_letter']}")
         print("\nTry: soniq status   |   soniq dead-letter list")

@@ -120,14 +120,24 @@ def test_job_options() -> None:
     app = Soniq("postgresql://localhost/x")
     backoff = Backoff(base=2, factor=3, max_delay=60, jitter=0.1)
 
-    @app.job(name="emails.send", queue="emails", max_retries=5, priority=-3, timeout=2.5,
-             retry_backoff=backoff)
+    @app.job(
+        name="emails.send",
+        queue="emails",
+        max_retries=5,
+        priority=-3,
+        timeout=2.5,
+        retry_backoff=backoff,
+    )
     def send() -> None: ...
 
     meta = app.registry.get_job("emails.send")
     assert meta is not None
     assert (meta["queue"], meta["max_retries"], meta["priority"], meta["timeout"]) == (
-        "emails", 5, -3, 2.5)
+        "emails",
+        5,
+        -3,
+        2.5,
+    )
     assert meta["backoff"] is backoff
 
 

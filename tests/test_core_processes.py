@@ -18,7 +18,8 @@ from tests.support.waiting import wait_until
 async def runs_table(db: asyncpg.Connection) -> asyncpg.Connection:
     await db.execute(
         """CREATE TABLE IF NOT EXISTS test_runs (
-               job_id uuid NOT NULL, n int NOT NULL, pid int NOT NULL, worker_id text NOT NULL)""")
+               job_id uuid NOT NULL, n int NOT NULL, pid int NOT NULL, worker_id text NOT NULL)"""
+    )
     await db.execute("TRUNCATE test_runs")
     return db
 
@@ -40,21 +41,27 @@ async def test_two_worker_processes_run_each_job_exactly_once(
     ids = await producer.enqueue_many("core.record", [{"n": i} for i in range(2000)])
     await producer.close()
     workers = [
-        start_soniq("worker", "tests.apps.core_app:app", "--concurrency", "10",
-                    database_url=clean_db)
+        start_soniq(
+            "worker", "tests.apps.core_app:app", "--concurrency", "10", database_url=clean_db
+        )
         for _ in range(2)
     ]
     try:
+
         async def drained() -> bool:
-            return bool(await runs_table.fetchval(
-                "SELECT count(*) = 0 FROM soniq_jobs WHERE status <> 'done'"))
+            return bool(
+                await runs_table.fetchval(
+                    "SELECT count(*) = 0 FROM soniq_jobs WHERE status <> 'done'"
+                )
+            )
 
         await wait_until(drained, timeout=60, interval=0.2, what="2,000 jobs done")
     finally:
         outputs = [stop(w) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
-    rows = await runs_table.fetch("SELECT job_id::text AS id, count(*) AS c, min(pid) AS pid "
-                                  "FROM test_runs GROUP BY job_id")
+    rows = await runs_table.fetch(
+        "SELECT job_id::text AS id, count(*) AS c, min(pid) AS pid FROM test_runs GROUP BY job_id"
+    )
     assert len(rows) == 2000 and {r["id"] for r in rows} == set(ids)
     assert all(r["c"] == 1 for r in rows)
     assert len({r["pid"] for r in rows}) == 2  # both processes took part
@@ -69,9 +76,17 @@ async def test_cli_worker_with_queues_and_concurrency(
     producer.registry = core_app.registry
     in_a = await producer.enqueue("core.record", queue="a", n=1)
     in_z = await producer.enqueue("core.record", queue="z", n=2)
-    proc = start_soniq("worker", "tests.apps.core_app:app", "--concurrency", "3",
-                       "--queues", "a,b", database_url=clean_db)
+    proc = start_soniq(
+        "worker",
+        "tests.apps.core_app:app",
+        "--concurrency",
+        "3",
+        "--queues",
+        "a,b",
+        database_url=clean_db,
+    )
     try:
+
         async def done() -> bool:
             job = await producer.get_job(in_a)
             return job is not None and job["status"] == "done"
@@ -87,8 +102,7 @@ async def test_cli_worker_with_queues_and_concurrency(
 
 
 def test_cli_rejects_non_positive_concurrency(clean_db: str) -> None:
-    result = soniq("worker", "tests.apps.core_app:app", "--concurrency", "0",
-                   database_url=clean_db)
+    result = soniq("worker", "tests.apps.core_app:app", "--concurrency", "0", database_url=clean_db)
     assert result.returncode == 2
     assert "concurrency" in result.stderr and "positive" in result.stderr
 
@@ -145,8 +159,12 @@ def test_cli_reports_a_missing_schema_clearly(empty_database_url: str) -> None:
 
 def test_demo_runs_end_to_end(clean_db: str) -> None:
     result = subprocess.run(
-        [sys.executable, "examples/demo.py"], cwd=ROOT, env=env_for(clean_db),
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "examples/demo.py"],
+        cwd=ROOT,
+        env=env_for(clean_db),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout

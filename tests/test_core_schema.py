@@ -17,8 +17,12 @@ async def test_setup_creates_tables_and_is_idempotent(empty_database_url: str) -
     conn = await asyncpg.connect(empty_database_url)
     try:
         versions = await conn.fetch("SELECT version FROM soniq_schema_version ORDER BY version")
-        tables = {r[0] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'soniq_%'")}
+        tables = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE tablename LIKE 'soniq_%'"
+            )
+        }
     finally:
         await conn.close()
     assert [r[0] for r in versions] == list(range(1, sql.SCHEMA_VERSION + 1))
@@ -34,7 +38,8 @@ async def test_concurrent_setup_is_safe(empty_database_url: str) -> None:
     conn = await asyncpg.connect(empty_database_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM soniq_schema_version") == (
-            sql.SCHEMA_VERSION)
+            sql.SCHEMA_VERSION
+        )
     finally:
         await conn.close()
 
@@ -76,15 +81,29 @@ async def test_claim_uses_the_partial_index(app: Soniq, db: asyncpg.Connection) 
     # not a sort of every ready row.
     await db.execute(
         """INSERT INTO soniq_jobs (id, job_name, queue, args, max_attempts)
-           SELECT gen_random_uuid(), 'x', 'default', '{}', 1 FROM generate_series(1, 20000)""")
+           SELECT gen_random_uuid(), 'x', 'default', '{}', 1 FROM generate_series(1, 20000)"""
+    )
     await db.execute("ANALYZE soniq_jobs")
-    for queue_filter, queues in [(sql.QUEUE_FILTER_ONE, ["default"]),
-                                 (sql.QUEUE_FILTER_ALL, None)]:
+    for queue_filter, queues in [(sql.QUEUE_FILTER_ONE, ["default"]), (sql.QUEUE_FILTER_ALL, None)]:
         query = sql.finish_and_claim(queue_filter)
         async with db.transaction():
             plan = await db.fetch(
                 "EXPLAIN " + query,
-                "w", [], [], [], [], [], [], [], 10, ["x"], queues, [], 10, "", "",
+                "w",
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+                [],
+                10,
+                ["x"],
+                queues,
+                [],
+                10,
+                "",
+                "",
             )
             text = "\n".join(r[0] for r in plan)
         picked = text.split("CTE picked")[1].split("CTE claimed")[0]
@@ -112,8 +131,12 @@ async def test_migrating_an_older_schema_keeps_every_job(empty_database_url: str
             await app.setup()
         version = await conn.fetchval("SELECT max(version) FROM soniq_schema_version")
         kept = await conn.fetch("SELECT status::text, max_attempts FROM soniq_jobs")
-        indexes = {r[0] for r in await conn.fetch(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'soniq_jobs'")}
+        indexes = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'soniq_jobs'"
+            )
+        }
         with pytest.raises(asyncpg.InvalidTextRepresentationError):
             await conn.execute("UPDATE soniq_jobs SET status = 'finished'")
     finally:
@@ -121,6 +144,10 @@ async def test_migrating_an_older_schema_keeps_every_job(empty_database_url: str
     assert version == sql.SCHEMA_VERSION
     assert sorted((r[0], r[1]) for r in kept) == sorted((s, 3) for s in states)
     assert {
-        "soniq_jobs_claim_queue", "soniq_jobs_claim_any", "soniq_jobs_due",
-        "soniq_jobs_processing", "soniq_jobs_dead_letter", "soniq_jobs_finished",
+        "soniq_jobs_claim_queue",
+        "soniq_jobs_claim_any",
+        "soniq_jobs_due",
+        "soniq_jobs_processing",
+        "soniq_jobs_dead_letter",
+        "soniq_jobs_finished",
     } <= indexes

@@ -73,8 +73,7 @@ async def test_worker_takes_only_its_queues(app: Soniq) -> None:
     b = await app.enqueue("q.job", queue="b")
     c = await app.enqueue("q.job", queue="c")
     await app.run_worker(queues=["a", "b"], run_once=True, install_signal_handlers=False)
-    assert [(await app.get_job(i) or {})["status"] for i in (a, b, c)] == [
-        "done", "done", "queued"]
+    assert [(await app.get_job(i) or {})["status"] for i in (a, b, c)] == ["done", "done", "queued"]
 
 
 async def test_claims_several_jobs_per_round_trip(app: Soniq) -> None:
@@ -105,9 +104,22 @@ async def test_get_job_fields(app: Soniq) -> None:
     await app.run_worker(run_once=True, install_signal_handlers=False)
     job = await app.get_job(job_id)
     assert job is not None
-    expected = {"id", "job_name", "args", "status", "attempts", "max_attempts", "queue",
-                "priority", "scheduled_at", "last_error", "result", "created_at", "started_at",
-                "finished_at"}
+    expected = {
+        "id",
+        "job_name",
+        "args",
+        "status",
+        "attempts",
+        "max_attempts",
+        "queue",
+        "priority",
+        "scheduled_at",
+        "last_error",
+        "result",
+        "created_at",
+        "started_at",
+        "finished_at",
+    }
     assert expected <= set(job)
     assert job["id"] == job_id and job["status"] == "done" and job["result"] == {"sum": 5}
     assert job["created_at"] <= job["started_at"] <= job["finished_at"]
@@ -247,7 +259,8 @@ async def test_due_time_is_on_the_database_clock(app: Soniq, db: asyncpg.Connect
 
     job_id = await app.enqueue(job, scheduled_at=timedelta(seconds=30))
     row = await db.fetchrow(
-        "SELECT scheduled_at - created_at AS d FROM soniq_jobs WHERE id = $1", job_id)
+        "SELECT scheduled_at - created_at AS d FROM soniq_jobs WHERE id = $1", job_id
+    )
     assert row is not None and abs(row["d"].total_seconds() - 30) < 0.5
 
 

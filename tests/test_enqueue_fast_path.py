@@ -120,8 +120,10 @@ class FreezingProxy:
                 dst.write(data)
                 await dst.drain()
 
-        tasks = [asyncio.create_task(pump(reader, up_writer)),
-                 asyncio.create_task(pump(up_reader, writer))]
+        tasks = [
+            asyncio.create_task(pump(reader, up_writer)),
+            asyncio.create_task(pump(up_reader, writer)),
+        ]
         try:
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:

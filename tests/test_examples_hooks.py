@@ -63,8 +63,7 @@ async def test_structured_logging_example_logs_one_json_line_per_event(
         events = [r for r in records if r["job_id"] == job_id]
         assert [e["event"] for e in events] == ["job_started", "job_completed"]
         started, completed = events
-        assert started == {"event": "job_started", "job_name": name, "job_id": job_id,
-                           "attempt": 1}
+        assert started == {"event": "job_started", "job_name": name, "job_id": job_id, "attempt": 1}
         assert completed["job_name"] == name
         assert isinstance(completed["duration_ms"], float) and completed["duration_ms"] >= 10.0
     assert len(records) == 4
@@ -166,8 +165,11 @@ async def test_opentelemetry_example_makes_one_span_per_attempt(
 async def test_each_example_runs_as_a_script(clean_db: str, name: str, expected: str) -> None:
     env = {**os.environ, "SONIQ_DATABASE_URL": clean_db}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / f"{name}.py"),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        str(EXAMPLES / f"{name}.py"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(proc.communicate(), 90)
     text = output.decode()

@@ -209,6 +209,7 @@ async def test_hooks_for_one_event_run_in_registration_order(app: Soniq) -> None
 
     ok_id = await app.enqueue(ok)
     await run_until(app, {ok_id: "done"})
+
     def run_of(event: str) -> list[str]:
         return [f"{event}{i}.{edge}" for i in range(3) for edge in ("start", "end")]
 
@@ -310,9 +311,7 @@ async def test_job_id_is_the_uuid_of_the_job(app: Soniq) -> None:
         assert str(uuid.UUID(job_id)) == job_id
 
 
-async def test_attempt_is_the_current_attempt_number(
-    app: Soniq, db: asyncpg.Connection
-) -> None:
+async def test_attempt_is_the_current_attempt_number(app: Soniq, db: asyncpg.Connection) -> None:
     """attempt int Current attempt number. (1-based, and what the database counts.)"""
     seen: list[tuple[int, int]] = []
 
@@ -460,8 +459,15 @@ async def test_on_error_runs_before_the_retry_or_dead_letter_decision(
         )
         ctx = contexts[job_id]
         during.append(
-            (attempt, row["status"], row["attempts"], row["last_error"],
-             row["worker_id"] is not None, ctx.outcome, ctx.next_attempt_at)
+            (
+                attempt,
+                row["status"],
+                row["attempts"],
+                row["last_error"],
+                row["worker_id"] is not None,
+                ctx.outcome,
+                ctx.next_attempt_at,
+            )
         )
 
     @app.job(max_retries=1, retry_backoff=0)
@@ -605,8 +611,12 @@ async def test_after_job_and_on_error_are_mutually_exclusive(app: Soniq) -> None
     ids["timeout"] = await app.enqueue("mixed.timeout", kind="timeout")
     await run_until(
         app,
-        {ids["ok"]: "done", ids["fail"]: "dead_letter", ids["reject"]: "done",
-         ids["timeout"]: "dead_letter"},
+        {
+            ids["ok"]: "done",
+            ids["fail"]: "dead_letter",
+            ids["reject"]: "done",
+            ids["timeout"]: "dead_letter",
+        },
         concurrency=4,
     )
     for (job_id, attempt), events in seen.items():
@@ -706,8 +716,14 @@ async def test_each_hook_is_inspected_at_call_time_and_awaited_if_needed(app: So
     job_id = await app.enqueue(job)
     await run_until(app, {job_id: "done"})
     assert log == [
-        "async __call__", "partial", "sync this time", "job",
-        "async __call__", "partial", "async this time", "job",
+        "async __call__",
+        "partial",
+        "sync this time",
+        "job",
+        "async __call__",
+        "partial",
+        "async this time",
+        "job",
     ]
 
 
@@ -716,7 +732,8 @@ async def test_each_hook_is_inspected_at_call_time_and_awaited_if_needed(app: So
 
 def _hook_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
-        r.getMessage() for r in caplog.records
+        r.getMessage()
+        for r in caplog.records
         if r.levelno == logging.WARNING and r.getMessage().startswith("Hook ")
     ]
 
@@ -762,8 +779,9 @@ async def test_a_raising_hook_is_logged_as_a_warning_and_soniq_continues(
     )
     # Which hook failed is on the record too, for structured logs.
     hooks = {getattr(r, "hook", None) for r in caplog.records if r.getMessage().startswith("Hook")}
-    assert hooks == {f"{test_a_raising_hook_is_logged_as_a_warning_and_soniq_continues.__name__}"
-                     ".<locals>.broken"}
+    assert hooks == {
+        f"{test_a_raising_hook_is_logged_as_a_warning_and_soniq_continues.__name__}.<locals>.broken"
+    }
 
 
 async def test_a_broken_hook_never_prevents_running_or_recording(app: Soniq) -> None:
@@ -844,6 +862,7 @@ async def test_hooks_are_safe_for_metrics_and_logging(app: Soniq, clean_db: str)
         try:
             if with_broken_hooks:
                 for event in ("before_job", "after_job", "on_error"):
+
                     def sync_broken(*args: Any) -> None:
                         raise ConnectionError("statsd")
 
@@ -940,9 +959,7 @@ async def test_dead_letter_alert_fires_once_on_the_final_attempt_only(app: Soniq
     charge_id = await app.enqueue(charge)
     sync_id = await app.enqueue(sync)
     once_id = await app.enqueue(once)
-    rows = await run_until(
-        app, {charge_id: "dead_letter", sync_id: "done", once_id: "dead_letter"}
-    )
+    rows = await run_until(app, {charge_id: "dead_letter", sync_id: "done", once_id: "dead_letter"})
     assert sorted(sent) == sorted(
         [
             f"Job billing.charge ({charge_id}) moved to dead-letter queue: card declined",

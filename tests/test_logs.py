@@ -29,8 +29,15 @@ from soniq.database import mask_url
 from soniq.logs import JobContextFilter, JsonFormatter, LogConfig, LogMiddleware, TextFormatter
 from tests.support.waiting import running_worker, wait_status, wait_until
 
-JOB_FIELDS = ("job_id", "job_name", "queue", "attempt", "max_attempts", "queue_wait_ms",
-              "worker_id")
+JOB_FIELDS = (
+    "job_id",
+    "job_name",
+    "queue",
+    "attempt",
+    "max_attempts",
+    "queue_wait_ms",
+    "worker_id",
+)
 user_log = logging.getLogger("tests.logs.user")
 
 
@@ -98,8 +105,11 @@ def spans() -> Iterator[tuple[Tracer, InMemorySpanExporter]]:
 
 
 def span_of(exporter: InMemorySpanExporter, job_id: str) -> ReadableSpan:
-    found = [s for s in exporter.get_finished_spans()
-             if s.attributes and s.attributes.get("soniq.job_id") == job_id]
+    found = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.attributes and s.attributes.get("soniq.job_id") == job_id
+    ]
     assert len(found) == 1
     return found[0]
 
@@ -273,8 +283,10 @@ async def test_user_lines_carry_the_job_and_span_in_async_and_thread_jobs(
     async with running_worker(app):
         await wait_status(app, async_id, "done")
         await wait_status(app, thread_id, "dead_letter")
-        await wait_until(lambda: captured.events("job.dead_letter")
-                         and captured.events("job.done"), what="final records")
+        await wait_until(
+            lambda: captured.events("job.dead_letter") and captured.events("job.done"),
+            what="final records",
+        )
     assert threads["thread"] != threads["async"] == threading.get_ident()
 
     for job_id, name, message in (
@@ -293,7 +305,9 @@ async def test_user_lines_carry_the_job_and_span_in_async_and_thread_jobs(
         for record in captured.records:
             if record.name == "soniq.jobs" and record.__dict__["job_id"] == job_id:
                 assert (record.__dict__["trace_id"], record.__dict__["span_id"]) == (
-                    trace_id, span_id)
+                    trace_id,
+                    span_id,
+                )
 
     (hook_line,) = captured.messages("line from hook")
     assert hook_line.__dict__["job_id"] == async_id  # hooks run inside the attempt too
@@ -331,8 +345,10 @@ async def test_install_is_idempotent_and_replaces_config(app: Soniq) -> None:
     ("url", "masked"),
     [
         ("postgresql://u:pw@db:5432/app", "postgresql://u:***@db:5432/app"),
-        ("postgresql://u@db/app?password=pw&sslmode=require",
-         "postgresql://u@db/app?password=***&sslmode=require"),
+        (
+            "postgresql://u@db/app?password=pw&sslmode=require",
+            "postgresql://u@db/app?password=***&sslmode=require",
+        ),
         ("postgresql://u:pw@db/app?PASSWORD=pw2", "postgresql://u:***@db/app?PASSWORD=***"),
         ("postgresql://db/app?sslpassword=key", "postgresql://db/app?sslpassword=***"),
         ("postgresql://u@db/app?sslmode=require", "postgresql://u@db/app?sslmode=require"),
@@ -389,9 +405,21 @@ async def test_cli_worker_json_lines_without_secrets(
     env = {**os.environ, "SONIQ_DATABASE_URL": url, "SONIQ_POLL_INTERVAL": "0.5"}
     env.pop("SONIQ_LOG_FORMAT", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "soniq", "worker", "logapp:app", "--instrument", "logs",
-        "--log-format", "json", "--concurrency", "2",
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "soniq",
+        "worker",
+        "logapp:app",
+        "--instrument",
+        "logs",
+        "--log-format",
+        "json",
+        "--concurrency",
+        "2",
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         await wait_status(app, ok_id, "done", timeout=60)
@@ -411,8 +439,13 @@ async def test_cli_worker_json_lines_without_secrets(
     for line in lines:
         assert datetime.fromisoformat(line["timestamp"]).utcoffset() == timedelta(0)
     events = [line.get("event") for line in lines]
-    for event in ("worker.started", "job.started", "job.done", "job.dead_letter",
-                  "worker.stopping"):
+    for event in (
+        "worker.started",
+        "job.started",
+        "job.done",
+        "job.dead_letter",
+        "worker.stopping",
+    ):
         assert event in events
     (uses,) = [line for line in lines if line["message"].startswith("Soniq uses database")]
     assert "***" in uses["message"]
@@ -456,11 +489,16 @@ async def test_records_carry_the_ids_of_soniq_otels_attempt_span(
     }
     for job_id in (ok_id, retried_id):
         trace_id, span_id = ids_of(process[job_id])
-        mine = [r for r in captured.records if r.__dict__.get("job_id") == job_id
-                and r.__dict__.get("attempt") == 1]
+        mine = [
+            r
+            for r in captured.records
+            if r.__dict__.get("job_id") == job_id and r.__dict__.get("attempt") == 1
+        ]
         events = {r.__dict__.get("event") for r in mine}
         assert "job.started" in events and events & {"job.done", "job.retry"}
         assert any(r.getMessage() == "inside traced job" for r in mine)
         for record in mine:
             assert (record.__dict__["trace_id"], record.__dict__["span_id"]) == (
-                trace_id, span_id), record.getMessage()
+                trace_id,
+                span_id,
+            ), record.getMessage()

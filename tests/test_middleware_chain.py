@@ -308,9 +308,17 @@ async def test_layers_run_outermost_first_around_hooks_and_job(app: Soniq) -> No
     async with running_worker(app):
         await wait_status(app, job_id, "done")
     assert events == [
-        "tracing.before", "metrics.before", "user1.before", "user2.before", "hook.before",
+        "tracing.before",
+        "metrics.before",
+        "user1.before",
+        "user2.before",
+        "hook.before",
         "job",
-        "hook.after", "user2.after", "user1.after", "metrics.after", "tracing.after",
+        "hook.after",
+        "user2.after",
+        "user1.after",
+        "metrics.after",
+        "tracing.after",
     ]
 
 
@@ -386,7 +394,9 @@ async def test_outcome_dead_letter_on_the_last_attempt(app: Soniq) -> None:
     async with running_worker(app):
         await wait_status(app, job_id, "dead_letter")
     assert [(s[0], s[1]) for s in outer.snapshots] == [
-        (1, "retry"), (2, "retry"), (3, "dead_letter")
+        (1, "retry"),
+        (2, "retry"),
+        (3, "dead_letter"),
     ]
     assert outer.snapshots[-1][2:] == (None, None)
     assert all(isinstance(s[3], type(outer.snapshots[0][3])) for s in outer.snapshots[:2])
@@ -793,8 +803,9 @@ async def test_run_once_drains_a_retry_that_is_due_at_once(app: Soniq) -> None:
 # -- startup and shutdown -----------------------------------------------------------------------
 
 
-def lifecycle_layer(name: str, log: list[str], *, fail: str = "", telemetry: bool = False,
-                    order: int = 100) -> Middleware:
+def lifecycle_layer(
+    name: str, log: list[str], *, fail: str = "", telemetry: bool = False, order: int = 100
+) -> Middleware:
     class Layer(Middleware):
         @property
         def key(self) -> object:

@@ -473,17 +473,16 @@ async def test_trace_parent_per_job_overrides_the_default(
         is_child = parent_id(attempt) == ids(send)[1] and ids(attempt)[0] == ids(send)[0]
         return is_child, set(link_map(attempt))
 
-    assert relation("as.default") == ((True, {"enqueue"}) if default == "child" else
-                                      (False, {"enqueue"}))
+    assert relation("as.default") == (
+        (True, {"enqueue"}) if default == "child" else (False, {"enqueue"})
+    )
     assert relation("as.child") == (True, {"enqueue"})
     assert relation("as.link") == (False, {"enqueue"})
     assert relation("as.none") == (False, set())
     assert one(spans, "process as.none").parent is None
 
 
-async def test_timeout_is_recorded_as_a_timeout(
-    traced: Soniq, spans: InMemorySpanExporter
-) -> None:
+async def test_timeout_is_recorded_as_a_timeout(traced: Soniq, spans: InMemorySpanExporter) -> None:
     @traced.job(name="slow", timeout=0.05, max_retries=0)
     async def slow() -> None:
         await asyncio.sleep(30)
@@ -652,9 +651,7 @@ async def test_spans_are_flushed_when_the_worker_stops(app: Soniq) -> None:
     provider.shutdown()
 
 
-async def test_unsampled_trace_still_links_retries(
-    app: Soniq, db: asyncpg.Connection
-) -> None:
+async def test_unsampled_trace_still_links_retries(app: Soniq, db: asyncpg.Connection) -> None:
     exporter = InMemorySpanExporter()
     provider = SdkTracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -27,7 +27,7 @@ from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support.waiting import wait_status, wait_until
 
 APP_MODULE = textwrap.dedent(
-    '''
+    """
     import os
 
     from opentelemetry import trace
@@ -53,7 +53,7 @@ APP_MODULE = textwrap.dedent(
     @app.job(name="otlp.quick")
     def quick(n: int) -> int:
         return n
-    '''
+    """
 )
 
 
@@ -70,9 +70,7 @@ def app_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def start_worker(
-    app_dir: Path, database_url: str, *args: str, **env: str
-) -> subprocess.Popen[str]:
+def start_worker(app_dir: Path, database_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     return subprocess.Popen(
         [sys.executable, "-m", "soniq", "worker", "otel_test_app:app", *args],

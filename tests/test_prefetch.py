@@ -65,7 +65,21 @@ async def test_claimed_ahead_jobs_on_their_last_attempt_go_back_uncounted_and_su
     await db.execute(sql.REGISTER_WORKER, "dead", "host", 1, None, 1)
     claimed = await db.fetch(
         sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
-        "dead", [], [], [], [], [], [], [], 4, ["job"], None, [], 1, "", "",
+        "dead",
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        4,
+        ["job"],
+        None,
+        [],
+        1,
+        "",
+        "",
     )
     assert [r["counted"] for r in claimed] == [True, False, False, False]
     assert [r["attempt"] for r in claimed] == [1, 1, 1, 1]
@@ -100,7 +114,21 @@ async def test_claimed_ahead_jobs_with_attempts_left_are_counted_when_their_work
     await db.execute(sql.REGISTER_WORKER, "dead", "host", 1, None, 1)
     claimed = await db.fetch(
         sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
-        "dead", [], [], [], [], [], [], [], 3, ["job"], None, [], 1, "", "",
+        "dead",
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        3,
+        ["job"],
+        None,
+        [],
+        1,
+        "",
+        "",
     )
     assert [r["counted"] for r in claimed] == [True, False, False]
     await db.execute("UPDATE soniq_workers SET heartbeat_at = now() - interval '1 hour'")
@@ -190,9 +218,7 @@ async def test_graceful_stop_gives_back_claimed_ahead_jobs_without_an_attempt(
     assert by_state[("done", 1)] == len(ran) == len(set(ran))
 
 
-async def _exited_or(
-    proc: asyncio.subprocess.Process, done: Callable[[], Awaitable[bool]]
-) -> bool:
+async def _exited_or(proc: asyncio.subprocess.Process, done: Callable[[], Awaitable[bool]]) -> bool:
     return proc.returncode is not None or await done()
 
 

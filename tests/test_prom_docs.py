@@ -47,8 +47,12 @@ async def test_the_example_alerts_pass_promtool(tmp_path: Path) -> None:
     path = tmp_path / "rules.yml"
     path.write_text(rules.group(1))
     promtool = await asyncio.create_subprocess_exec(
-        "promtool", "check", "rules", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "promtool",
+        "check",
+        "rules",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     report, _ = await asyncio.wait_for(promtool.communicate(), 60)
     assert promtool.returncode == 0, report.decode()

@@ -85,7 +85,10 @@ async def test_instrument_adds_one_metrics_layer_in_telemetry_order(metrics_app:
     # (no context filter on the test runner's own log handlers)
     app.instrument(otel=tracing(), logs=LogConfig(attach_context_filter=False))
     assert [type(layer) for layer in app.middleware] == [
-        TracingMiddleware, LogMiddleware, PrometheusMetrics, FunctionMiddleware
+        TracingMiddleware,
+        LogMiddleware,
+        PrometheusMetrics,
+        FunctionMiddleware,
     ]
     assert metrics_of(app) is first
     assert first is not None
@@ -240,9 +243,18 @@ async def test_job_names_past_the_cap_or_unregistered_fall_into_overflow(
     assert layer is not None
     spec = app.registry.spec("j1")
     ghost = AttemptContext(
-        job_id="00000000-0000-0000-0000-000000000000", job_name="ghost-job", queue="default",
-        attempt=1, max_attempts=1, priority=0, args={}, enqueued_at=_now(),
-        scheduled_at=_now(), queue_wait_s=0.0, worker_id="w", spec=spec,
+        job_id="00000000-0000-0000-0000-000000000000",
+        job_name="ghost-job",
+        queue="default",
+        attempt=1,
+        max_attempts=1,
+        priority=0,
+        args={},
+        enqueued_at=_now(),
+        scheduled_at=_now(),
+        queue_wait_s=0.0,
+        worker_id="w",
+        spec=spec,
     )
 
     async def finish(ctx: AttemptContext) -> None:

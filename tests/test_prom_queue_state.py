@@ -75,13 +75,19 @@ async def test_gauges_count_jobs_per_queue_and_state(
         if s.name == "soniq_queue_jobs"
     }
     assert jobs == {
-        ("default", "ready"): 1, ("default", "scheduled"): 1,
-        ("default", "processing"): 1, ("default", "dead_letter"): 1,
-        ("other", "ready"): 1, ("other", "scheduled"): 0,
-        ("other", "processing"): 0, ("other", "dead_letter"): 0,
+        ("default", "ready"): 1,
+        ("default", "scheduled"): 1,
+        ("default", "processing"): 1,
+        ("default", "dead_letter"): 1,
+        ("other", "ready"): 1,
+        ("other", "scheduled"): 0,
+        ("other", "processing"): 0,
+        ("other", "dead_letter"): 0,
         # A registered queue with nothing in it still has its series.
-        ("idle", "ready"): 0, ("idle", "scheduled"): 0,
-        ("idle", "processing"): 0, ("idle", "dead_letter"): 0,
+        ("idle", "ready"): 0,
+        ("idle", "scheduled"): 0,
+        ("idle", "processing"): 0,
+        ("idle", "dead_letter"): 0,
     }
     age = "soniq_queue_oldest_ready_age_seconds"
     assert 20 <= value(found, age, queue="default") < 120
@@ -180,19 +186,20 @@ async def test_the_query_never_reads_the_finished_rows(db: asyncpg.Connection[An
         FROM generate_series(1, 50) AS i
     """)
     await db.execute("ANALYZE soniq_jobs")
-    plan = json.loads(await db.fetchval(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql.QUEUE_METRICS, 30.0
-    ))[0]
+    plan = json.loads(
+        await db.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql.QUEUE_METRICS, 30.0)
+    )[0]
     nodes = list(_walk(plan["Plan"]))
     on_jobs = [n for n in nodes if n.get("Relation Name") == "soniq_jobs"]
     assert on_jobs and all(n["Node Type"] != "Seq Scan" for n in on_jobs), on_jobs
     assert {n["Index Name"] for n in on_jobs if "Index Name" in n} <= {
-        "soniq_jobs_claim_queue", "soniq_jobs_claim_any", "soniq_jobs_due",
-        "soniq_jobs_processing", "soniq_jobs_dead_letter",
+        "soniq_jobs_claim_queue",
+        "soniq_jobs_claim_any",
+        "soniq_jobs_due",
+        "soniq_jobs_processing",
+        "soniq_jobs_dead_letter",
     }
-    table_pages = await db.fetchval(
-        "SELECT relpages FROM pg_class WHERE relname = 'soniq_jobs'"
-    )
+    table_pages = await db.fetchval("SELECT relpages FROM pg_class WHERE relname = 'soniq_jobs'")
     touched = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
     assert touched < table_pages / 10, (touched, table_pages)
 

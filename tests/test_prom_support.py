@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_PATH = "tests.test_prom_support:app"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
+
 def tracing(provider: TracerProvider | None = None) -> OtelConfig:
     """Soniq's tracing layer on a provider of our own (not the global one, which other tests
     may set): spans are sampled and ended, and exported nowhere unless the caller says."""
@@ -141,13 +142,27 @@ async def worker_process(
         **(env or {}),
     }
     proc = await spawn(
-        [sys.executable, "-m", "soniq", "--log-level", "INFO", "worker", APP_PATH,
-         *(["--metrics-port", "0"] if port_flag else []), *args],
-        log, cwd=ROOT, env=environment,
+        [
+            sys.executable,
+            "-m",
+            "soniq",
+            "--log-level",
+            "INFO",
+            "worker",
+            APP_PATH,
+            *(["--metrics-port", "0"] if port_flag else []),
+            *args,
+        ],
+        log,
+        cwd=ROOT,
+        env=environment,
     )
     try:
-        await wait_until(lambda: served_url(log) or proc.returncode is not None, timeout=30,
-                         what="the worker to log its metrics address")
+        await wait_until(
+            lambda: served_url(log) or proc.returncode is not None,
+            timeout=30,
+            what="the worker to log its metrics address",
+        )
         url = served_url(log)
         assert url is not None, f"worker exited ({proc.returncode}):\n{log_text(log)}"
         yield proc, url

@@ -51,8 +51,9 @@ async def test_worker_process_endpoint_counts_the_jobs_it_ran(
             await producer.enqueue_many("flaky", [{}, {}])
             await producer.enqueue("doomed")
             await producer.enqueue("fanout", n=3)  # the worker itself enqueues 3 "ok" jobs
-            await wait_until(lambda: _done(db, done=11, dead_letter=1), timeout=30,
-                             what="all jobs to finish")
+            await wait_until(
+                lambda: _done(db, done=11, dead_letter=1), timeout=30, what="all jobs to finish"
+            )
             text = await scrape(url)
     finally:
         await producer.close()
@@ -60,9 +61,15 @@ async def test_worker_process_endpoint_counts_the_jobs_it_ran(
     found = samples(text)
     attempts = "soniq_job_attempts_total"
     expected = {
-        ("ok", "done"): 8, ("ok", "retry"): 0, ("ok", "dead_letter"): 0,
-        ("flaky", "done"): 2, ("flaky", "retry"): 2, ("flaky", "dead_letter"): 0,
-        ("doomed", "done"): 0, ("doomed", "retry"): 1, ("doomed", "dead_letter"): 1,
+        ("ok", "done"): 8,
+        ("ok", "retry"): 0,
+        ("ok", "dead_letter"): 0,
+        ("flaky", "done"): 2,
+        ("flaky", "retry"): 2,
+        ("flaky", "dead_letter"): 0,
+        ("doomed", "done"): 0,
+        ("doomed", "retry"): 1,
+        ("doomed", "dead_letter"): 1,
         ("fanout", "done"): 1,
     }
     for (job, outcome), n in expected.items():
@@ -87,8 +94,12 @@ async def test_worker_process_endpoint_counts_the_jobs_it_ran(
 
     # promtool's linter (HELP text, _total counters, base units, naming) is clean.
     promtool = await asyncio.create_subprocess_exec(
-        "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "promtool",
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     report, _ = await asyncio.wait_for(promtool.communicate(text.encode()), 60)
     assert promtool.returncode == 0 and not report.strip(), report.decode()
@@ -107,9 +118,10 @@ async def test_processes_serve_one_endpoint_whose_counts_add_up(
     log = tmp_path / "workers.log"
     pids: list[int] = []
     try:
-        async with worker_process(
-            clean_db, log, "--processes", "2", "--concurrency", "2"
-        ) as (parent, url):
+        async with worker_process(clean_db, log, "--processes", "2", "--concurrency", "2") as (
+            parent,
+            url,
+        ):
             assert "Serving Prometheus metrics of 2 worker processes on" in log_text(log)
 
             async def registered() -> list[int]:
@@ -123,8 +135,10 @@ async def test_processes_serve_one_endpoint_whose_counts_add_up(
             await producer.enqueue_many("slow", [{"seconds": 0.1} for _ in range(20)])
             await wait_until(lambda: _done(db, done=20), timeout=30, what="20 jobs done")
             found = samples(await scrape(url))
-            ran_in = {json.loads(r["result"]) for r in await db.fetch(
-                "SELECT result::text FROM soniq_jobs WHERE status = 'done'")}
+            ran_in = {
+                json.loads(r["result"])
+                for r in await db.fetch("SELECT result::text FROM soniq_jobs WHERE status = 'done'")
+            }
             assert ran_in == set(pids), "both processes ran jobs"
             attempts = "soniq_job_attempts_total"
             assert value(found, attempts, job_name="slow", outcome="done") == 20
@@ -143,7 +157,8 @@ async def test_processes_serve_one_endpoint_whose_counts_add_up(
 
             async def running_in() -> int | None:
                 worker_id = await db.fetchval(
-                    "SELECT worker_id FROM soniq_jobs WHERE status = 'processing'")
+                    "SELECT worker_id FROM soniq_jobs WHERE status = 'processing'"
+                )
                 return int(worker_id.split(":")[1]) if worker_id else None
 
             victim = await wait_until(running_in, timeout=30, what="the long job to start")
@@ -193,7 +208,7 @@ def _multiproc_dir(pid: int) -> str:
     with open(f"/proc/{pid}/environ", "rb") as environ:
         variables = environ.read().split(b"\0")
     prefix = b"PROMETHEUS_MULTIPROC_DIR="
-    return next(v[len(prefix):] for v in variables if v.startswith(prefix)).decode()
+    return next(v[len(prefix) :] for v in variables if v.startswith(prefix)).decode()
 
 
 def _free_port() -> int:
@@ -210,8 +225,9 @@ async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
         async with worker_process(clean_db, tmp_path / "worker.log") as (_proc, url):
             ids = [await producer.enqueue("ok") for _ in range(4)]
             await producer.enqueue("doomed")
-            await wait_until(lambda: _done(db, done=4, dead_letter=1), timeout=30,
-                             what="jobs to finish")
+            await wait_until(
+                lambda: _done(db, done=4, dead_letter=1), timeout=30, what="jobs to finish"
+            )
             trace_ids = set()
             for job_id in ids:
                 job = await producer.get_job(job_id)
@@ -227,10 +243,13 @@ async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
                 f"      - targets: ['{target}']\n"
             )
             server = await spawn(
-                ["prometheus", f"--config.file={config}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}",
-                 "--enable-feature=exemplar-storage"],
+                [
+                    "prometheus",
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--enable-feature=exemplar-storage",
+                ],
                 tmp_path / "prometheus.log",
             )
             try:
@@ -246,36 +265,48 @@ async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
                             return None
                         result = response.json()["data"]["result"]
                         return {
-                            ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())):
-                                float(r["value"][1])
+                            ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())): float(
+                                r["value"][1]
+                            )
                             for r in result
                         }
 
                     async def attempts() -> dict[str, float] | None:
                         got = await query("sum by (outcome) (soniq_job_attempts_total)")
-                        want = {"outcome=dead_letter": 1.0, "outcome=done": 4.0,
-                                "outcome=retry": 1.0}
+                        want = {
+                            "outcome=dead_letter": 1.0,
+                            "outcome=done": 4.0,
+                            "outcome=retry": 1.0,
+                        }
                         return got if got == want else None
 
-                    assert await wait_until(attempts, timeout=60, interval=0.25,
-                                            what="Prometheus to have scraped the counts")
+                    assert await wait_until(
+                        attempts,
+                        timeout=60,
+                        interval=0.25,
+                        what="Prometheus to have scraped the counts",
+                    )
                     assert await query("sum by (instance) (up{job='soniq'})") == {
                         f"instance={target}": 1.0
                     }
-                    assert await query(
-                        "sum(soniq_queue_jobs{state='dead_letter'})"
-                    ) == {"": 1.0}
+                    assert await query("sum(soniq_queue_jobs{state='dead_letter'})") == {"": 1.0}
                     assert await query("sum(soniq_job_duration_seconds_count)") == {"": 6.0}
                     assert await query("sum(soniq_workers_live)") == {"": 1.0}
 
                     # Exemplars went through Prometheus: a latency bucket links to the trace.
                     now = time.time()
-                    response = await client.get(f"{api}/query_exemplars", params={
-                        "query": "soniq_job_duration_seconds_bucket{job_name='ok'}",
-                        "start": now - 600, "end": now + 60})
+                    response = await client.get(
+                        f"{api}/query_exemplars",
+                        params={
+                            "query": "soniq_job_duration_seconds_bucket{job_name='ok'}",
+                            "start": now - 600,
+                            "end": now + 60,
+                        },
+                    )
                     stored = {
                         e["labels"]["trace_id"]
-                        for series in response.json()["data"] for e in series["exemplars"]
+                        for series in response.json()["data"]
+                        for e in series["exemplars"]
                     }
                     assert stored and stored <= trace_ids, (stored, trace_ids)
             finally:

@@ -18,8 +18,17 @@ from tests.apps.procs import reset_attempts
 async def test_chaos_killing_workers_at_random_loses_nothing_and_never_runs_a_job_twice_at_once(
     clean_db: str, tmp_path: Path
 ) -> None:
-    report = await run_chaos(clean_db, tmp_path, jobs=5000, workers=3, concurrency=4,
-                             lease=2.0, kills=6, pause=(0.4, 1.2), deadline=90)
+    report = await run_chaos(
+        clean_db,
+        tmp_path,
+        jobs=5000,
+        workers=3,
+        concurrency=4,
+        lease=2.0,
+        kills=6,
+        pause=(0.4, 1.2),
+        deadline=90,
+    )
     print(report.summary())
     assert report.problems == [], report.summary()
     assert report.statuses == {"done": 5000}
@@ -39,7 +48,8 @@ async def test_the_chaos_check_catches_overlaps_and_unexplained_reruns(
         await db.execute(
             "INSERT INTO soniq_jobs (id, job_name, queue, args, status, attempts, max_attempts)"
             " VALUES ($1, 'chaos', 'default', '{}', 'done', $2, 26)",
-            job_id, attempts,
+            job_id,
+            attempts,
         )
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -113,8 +113,12 @@ async def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letter_qu
             job = await producer.get_job(job_id)
             return job is not None and job["status"] == "dead_letter"
 
-        await wait_until(settled, timeout=4 * (lease * 2 + 10), interval=0.1,
-                         what="the poison job to be dead-lettered")
+        await wait_until(
+            settled,
+            timeout=4 * (lease * 2 + 10),
+            interval=0.1,
+            what="the poison job to be dead-lettered",
+        )
         job = await producer.get_job(job_id)
         rows = await attempts_of(db, job_id)
 
@@ -142,7 +146,8 @@ async def test_a_lost_job_goes_back_with_its_attempt_counted_and_keeps_its_place
         await db.execute(
             "UPDATE soniq_jobs SET status = 'processing', attempts = $2, "
             "worker_id = 'gone:1:dead', started_at = now() WHERE id = $1",
-            job_id, attempts,
+            job_id,
+            attempts,
         )
     before = await app.get_job(first)
     # A worker of another queue: it recovers what it finds but does not claim these.

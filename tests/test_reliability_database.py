@@ -51,8 +51,12 @@ async def counts(url: str) -> dict[str, int]:
 
 
 async def logged(worker: WorkerProcess, text: str, timeout: float = 30) -> None:
-    await wait_until(lambda: text in worker.log(), timeout=timeout, interval=0.05,
-                     what=f"{text!r} in the log of worker {worker.pid}")
+    await wait_until(
+        lambda: text in worker.log(),
+        timeout=timeout,
+        interval=0.05,
+        what=f"{text!r} in the log of worker {worker.pid}",
+    )
 
 
 async def test_workers_ride_out_a_database_restart_and_lose_nothing(
@@ -74,8 +78,9 @@ async def test_workers_ride_out_a_database_restart_and_lose_nothing(
             await asyncio.sleep(0.01)
 
     # A long poll interval: after the restart, only LISTEN/NOTIFY can bring new jobs promptly.
-    with Fleet(url, tmp_path, lease_seconds=5, poll_interval=60,
-               connect_timeout=CONNECT_TIMEOUT) as fleet:
+    with Fleet(
+        url, tmp_path, lease_seconds=5, poll_interval=60, connect_timeout=CONNECT_TIMEOUT
+    ) as fleet:
         workers = [await fleet.start_ready("--concurrency", "4") for _ in range(2)]
         producing = asyncio.create_task(produce())
         await wait_until(lambda: len(enqueued) >= 100, timeout=30, what="jobs to flow")
@@ -93,8 +98,11 @@ async def test_workers_ride_out_a_database_restart_and_lose_nothing(
         for worker in workers:
             await logged(worker, "LISTEN connection restored")
         flowing_again = len(enqueued)
-        await wait_until(lambda: len(enqueued) >= flowing_again + 50, timeout=30,
-                         what="enqueues to succeed again")
+        await wait_until(
+            lambda: len(enqueued) >= flowing_again + 50,
+            timeout=30,
+            what="enqueues to succeed again",
+        )
         stop_producing.set()
         await producing
 
@@ -139,8 +147,9 @@ async def test_an_outage_longer_than_the_lease_costs_no_live_worker_its_jobs(
     conn = await asyncpg.connect(url)
     await reset_attempts(conn)
     await conn.close()
-    with Fleet(url, tmp_path, lease_seconds=lease, poll_interval=0.2,
-               connect_timeout=CONNECT_TIMEOUT) as fleet:
+    with Fleet(
+        url, tmp_path, lease_seconds=lease, poll_interval=0.2, connect_timeout=CONNECT_TIMEOUT
+    ) as fleet:
         workers = [await fleet.start_ready("--concurrency", "3") for _ in range(2)]
         # max_retries=0 each: a lost attempt would dead-letter them.
         spanning = [await producer.enqueue("sleepy_once", first=lease * 4) for _ in range(3)]
@@ -156,8 +165,9 @@ async def test_an_outage_longer_than_the_lease_costs_no_live_worker_its_jobs(
         await asyncio.sleep(lease * 2)  # the outage itself, longer than the lease
         await asyncio.to_thread(private_server.start)
 
-        jobs = [await wait_status(producer, j, "done", timeout=30)
-                for j in spanning + ending_inside]
+        jobs = [
+            await wait_status(producer, j, "done", timeout=30) for j in spanning + ending_inside
+        ]
         conn = await asyncpg.connect(url)
         try:
             attempts = [await attempts_of(conn, j) for j in spanning]
@@ -178,8 +188,9 @@ async def test_jobs_claimed_by_the_first_round_trip_after_an_outage_stay_claimed
     """After an outage the worker releases claims it may have lost in flight; the jobs its
     first successful round trip has just claimed are not among those."""
     caplog.set_level(logging.INFO, logger="soniq")
-    app = Soniq(private_server.url, lease_seconds=30, poll_interval=0.2,
-                connect_timeout=CONNECT_TIMEOUT)
+    app = Soniq(
+        private_server.url, lease_seconds=30, poll_interval=0.2, connect_timeout=CONNECT_TIMEOUT
+    )
     running = asyncio.Event()
 
     @app.job(name="watched")
@@ -192,15 +203,18 @@ async def test_jobs_claimed_by_the_first_round_trip_after_an_outage_stay_claimed
             await asyncio.to_thread(private_server.stop)
             # The worker backs off a little longer each time; once it waits two seconds the
             # job below is surely ready when its first round trip after the outage comes.
-            await wait_until(lambda: "retries in 2s" in caplog.text, timeout=30,
-                             what="the worker to back off")
+            await wait_until(
+                lambda: "retries in 2s" in caplog.text, timeout=30, what="the worker to back off"
+            )
             await asyncio.to_thread(private_server.start)
             job_id = await app.enqueue("watched")
             await asyncio.wait_for(running.wait(), 30)
             job = await producer.get_job(job_id)
             assert job is not None
             assert (job["status"], job["worker_id"], job["attempts"]) == (
-                "processing", worker.id, 1
+                "processing",
+                worker.id,
+                1,
             )
             await wait_status(producer, job_id, "done", timeout=15)
     finally:

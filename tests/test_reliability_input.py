@@ -46,6 +46,7 @@ async def job_count(db: asyncpg.Connection[Any]) -> int:
 
 # -- database URLs -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("url", "complaint"),
     [
@@ -98,8 +99,12 @@ async def test_an_unreachable_database_gives_a_clear_error_in_bounded_time(
     async def hello() -> None: ...
 
     try:
-        for action in (app.setup, lambda: app.enqueue(hello), app.queue_status,
-                       app.worker(install_signal_handlers=False).run):
+        for action in (
+            app.setup,
+            lambda: app.enqueue(hello),
+            app.queue_status,
+            app.worker(install_signal_handlers=False).run,
+        ):
             started = time.monotonic()
             with pytest.raises(DatabaseUnavailable, match=f"Cannot reach PostgreSQL.*:{port}"):
                 await asyncio.wait_for(action(), 30)  # the guard only: it must end far sooner
@@ -112,7 +117,8 @@ def test_the_cli_worker_exits_with_a_clear_error_when_the_database_is_unreachabl
     closed_port: int,
 ) -> None:
     result = soniq_cli(
-        "worker", "tests.apps.jobs:app",
+        "worker",
+        "tests.apps.jobs:app",
         SONIQ_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed_port}/db",
         SONIQ_CONNECT_TIMEOUT="1",
     )
@@ -122,6 +128,7 @@ def test_the_cli_worker_exits_with_a_clear_error_when_the_database_is_unreachabl
 
 
 # -- missing schema ------------------------------------------------------------------------
+
 
 async def test_a_missing_schema_names_soniq_setup_and_nothing_is_created(
     empty_database_url: str,
@@ -140,9 +147,7 @@ async def test_a_missing_schema_names_soniq_setup_and_nothing_is_created(
         await app.close()
     conn = await asyncpg.connect(empty_database_url)
     try:
-        tables = await conn.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'soniq%'"
-        )
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'soniq%'")
     finally:
         await conn.close()
     assert tables == 0
@@ -154,6 +159,7 @@ async def test_a_missing_schema_names_soniq_setup_and_nothing_is_created(
 
 
 # -- arguments -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def echo_app(app: Soniq) -> AsyncIterator[Soniq]:
@@ -198,6 +204,7 @@ async def test_a_priority_outside_the_column_range_is_refused(
 
 
 # -- results and errors the database cannot store ------------------------------------------
+
 
 class Opaque:
     pass
@@ -259,6 +266,7 @@ async def test_an_error_message_the_database_cannot_store_is_kept_in_a_safe_form
 
 # -- concurrency ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "4"])
 async def test_a_non_positive_or_non_integer_concurrency_is_refused(
     app: Soniq, db: asyncpg.Connection[Any], bad: Any
@@ -292,8 +300,9 @@ def test_the_cli_refuses_a_non_positive_concurrency(
 def test_a_non_positive_concurrency_in_the_environment_fails_the_cli_cleanly(
     database_url: str,
 ) -> None:
-    result = soniq_cli("worker", "tests.apps.jobs:app", SONIQ_DATABASE_URL=database_url,
-                       SONIQ_CONCURRENCY="0")
+    result = soniq_cli(
+        "worker", "tests.apps.jobs:app", SONIQ_DATABASE_URL=database_url, SONIQ_CONCURRENCY="0"
+    )
     assert result.returncode == 1, result.stderr
     assert "concurrency" in result.stderr
     assert "Traceback" not in result.stderr

@@ -48,8 +48,9 @@ async def test_signal_finishes_running_jobs_and_puts_back_the_rest_without_using
     clean_db: str,
     tmp_path: Path,
 ) -> None:
-    with Fleet(clean_db, tmp_path, lease_seconds=LEASE, grace_period=GRACE,
-               poll_interval=0.2) as fleet:
+    with Fleet(
+        clean_db, tmp_path, lease_seconds=LEASE, grace_period=GRACE, poll_interval=0.2
+    ) as fleet:
         worker = await fleet.start_ready("--concurrency", "3")
         # Claims nothing here, but would take the jobs of a worker that stopped beating while
         # its jobs still ran in the grace period (longer than the lease).
@@ -89,8 +90,9 @@ async def test_signal_finishes_running_jobs_and_puts_back_the_rest_without_using
 async def test_a_second_signal_exits_at_once_and_the_lease_recovers_the_jobs(
     producer: Soniq, db: asyncpg.Connection[Any], clean_db: str, tmp_path: Path
 ) -> None:
-    with Fleet(clean_db, tmp_path, lease_seconds=LEASE, grace_period=60,
-               poll_interval=0.2) as fleet:
+    with Fleet(
+        clean_db, tmp_path, lease_seconds=LEASE, grace_period=60, poll_interval=0.2
+    ) as fleet:
         worker = await fleet.start_ready("--concurrency", "2")
         job_id = await producer.enqueue("sleepy", first=120, later=0.05)
         await started(db, job_id)
@@ -118,8 +120,9 @@ async def test_a_thread_job_that_outlives_the_grace_never_runs_twice_at_once(
     """A plain ``def`` job runs in a thread, which cannot be cancelled. Its worker must not hand
     it to another worker while the thread still runs it, and must still exit."""
     grace = 1.0
-    with Fleet(clean_db, tmp_path, lease_seconds=LEASE, grace_period=grace,
-               poll_interval=0.2) as fleet:
+    with Fleet(
+        clean_db, tmp_path, lease_seconds=LEASE, grace_period=grace, poll_interval=0.2
+    ) as fleet:
         worker = await fleet.start_ready("--concurrency", "2")
         job_id = await producer.enqueue("sleepy_thread", first=30, later=0.05)
         await started(db, job_id)

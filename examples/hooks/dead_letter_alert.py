@@ -30,9 +30,9 @@ async def alert_on_final_failure(job_name, job_id, error, attempt):
     # Look up the job's max_attempts from the registry
     job_meta = app._get_job_registry().get_job(job_name)
     if job_meta and attempt >= job_meta["max_retries"] + 1:
-        await send_slack_message(
-            f"Job {job_name} ({job_id}) moved to dead-letter queue: {error}"
-        )
+        await send_slack_message(f"Job {job_name} ({job_id}) moved to dead-letter queue: {error}")
+
+
 # --- end of the page's code ---
 
 _sync_attempts: list[int] = []

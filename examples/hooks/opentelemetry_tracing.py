@@ -22,13 +22,18 @@ app = Soniq()
 tracer = trace.get_tracer("soniq")
 _spans = {}
 
+
 @app.before_job
 async def start_span(job_name, job_id, attempt):
-    span = tracer.start_span(f"job:{job_name}", attributes={
-        "job.id": job_id,
-        "job.attempt": attempt,
-    })
+    span = tracer.start_span(
+        f"job:{job_name}",
+        attributes={
+            "job.id": job_id,
+            "job.attempt": attempt,
+        },
+    )
     _spans[job_id] = span
+
 
 @app.after_job
 async def end_span_success(job_name, job_id, duration_ms):
@@ -37,12 +42,15 @@ async def end_span_success(job_name, job_id, duration_ms):
         span.set_attribute("job.duration_ms", duration_ms)
         span.end()
 
+
 @app.on_error
 async def end_span_error(job_name, job_id, error, attempt):
     span = _spans.pop(job_id, None)
     if span:
         span.set_status(trace.StatusCode.ERROR, error)
         span.end()
+
+
 # --- end of the page's code ---
 
 

@@ -23,17 +23,22 @@ jobs_started = Counter("soniq_jobs_started", "Jobs started", ["job_name"])
 jobs_completed = Histogram("soniq_jobs_duration_ms", "Job duration", ["job_name"])
 jobs_failed = Counter("soniq_jobs_failed", "Jobs failed", ["job_name"])
 
+
 @app.before_job
 async def track_start(job_name, job_id, attempt):
     jobs_started.labels(job_name=job_name).inc()
+
 
 @app.after_job
 async def track_duration(job_name, job_id, duration_ms):
     jobs_completed.labels(job_name=job_name).observe(duration_ms)
 
+
 @app.on_error
 async def track_failure(job_name, job_id, error, attempt):
     jobs_failed.labels(job_name=job_name).inc()
+
+
 # --- end of the page's code ---
 
 

@@ -19,23 +19,35 @@ app = Soniq()
 # --- from the hooks page, "Structured logging" ---
 logger = logging.getLogger("soniq.hooks")
 
+
 @app.before_job
 async def structured_log_start(job_name, job_id, attempt):
-    logger.info(json.dumps({
-        "event": "job_started",
-        "job_name": job_name,
-        "job_id": job_id,
-        "attempt": attempt,
-    }))
+    logger.info(
+        json.dumps(
+            {
+                "event": "job_started",
+                "job_name": job_name,
+                "job_id": job_id,
+                "attempt": attempt,
+            }
+        )
+    )
+
 
 @app.after_job
 async def structured_log_done(job_name, job_id, duration_ms):
-    logger.info(json.dumps({
-        "event": "job_completed",
-        "job_name": job_name,
-        "job_id": job_id,
-        "duration_ms": duration_ms,
-    }))
+    logger.info(
+        json.dumps(
+            {
+                "event": "job_completed",
+                "job_name": job_name,
+                "job_id": job_id,
+                "duration_ms": duration_ms,
+            }
+        )
+    )
+
+
 # --- end of the page's code ---
 
 

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 class Soniq:
     """A job queue in PostgreSQL.
 
@@ -322,9 +321,7 @@ def _placement(
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ConfigurationError(
-            f"priority must be an int (lower runs first), not {priority!r}"
-        )
+        raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
     at, delay = _when(scheduled_at)
     return queue or spec.queue, spec.priority if priority is None else priority, at, delay
 
@@ -340,10 +337,7 @@ def new_job_id(rand: str | None = None) -> str:
     if rand is None:
         rand = os.urandom(10).hex()
     # version nibble 7; the variant takes the top two bits of the fourth group (10xx)
-    return (
-        f"{millis[:8]}-{millis[8:]}-7{rand[:3]}-"
-        f"{_VARIANT[rand[3]]}{rand[4:7]}-{rand[7:19]}"
-    )
+    return f"{millis[:8]}-{millis[8:]}-7{rand[:3]}-{_VARIANT[rand[3]]}{rand[4:7]}-{rand[7:19]}"
 
 
 # A random hex digit -> the same digit with its top two bits set to the RFC 9562 variant (10).
@@ -365,8 +359,7 @@ def _when(value: datetime | timedelta | float | None) -> tuple[datetime | None, 
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return None, float(value)
     raise ConfigurationError(
-        f"scheduled_at must be an aware datetime, a timedelta or a number of seconds, "
-        f"not {value!r}"
+        f"scheduled_at must be an aware datetime, a timedelta or a number of seconds, not {value!r}"
     )
 
 
@@ -375,5 +368,3 @@ def _uuid(job_id: str) -> str:
         return str(uuid.UUID(str(job_id)))
     except ValueError:
         raise ValueError(f"{job_id!r} is not a job id (a UUID string)") from None
-
-

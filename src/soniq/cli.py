@@ -111,17 +111,31 @@ def setup(app_path: str | None, database_url: str | None) -> None:
 @click.argument("app_path", metavar="MODULE:APP")
 @click.option("--concurrency", "-c", type=int, help="Jobs run at once per process.")
 @click.option("--queues", "-q", help="Comma-separated queues to take (default: all).")
-@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes to run.")
+@click.option(
+    "--processes",
+    "-p",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run.",
+)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics on this port.")
 @click.option("--metrics-host", help="Bind address for /metrics (default 127.0.0.1).")
 @click.option("--lease-seconds", type=float, help="Seconds of silence before a worker is dead.")
 @click.option("--grace-period", type=float, help="Seconds running jobs get on SIGTERM.")
-@click.option("--instrument", "instrument", multiple=True,
-              type=click.Choice(["otel", "prometheus", "logs", "all"]),
-              help="Turn on built-in telemetry (repeatable).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
-              help="Log format (overrides the one given before the command).")
+@click.option(
+    "--instrument",
+    "instrument",
+    multiple=True,
+    type=click.Choice(["otel", "prometheus", "logs", "all"]),
+    help="Turn on built-in telemetry (repeatable).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log format (overrides the one given before the command).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -213,10 +227,13 @@ def _run_processes(
     exporter = None
     try:
         app = load_app(app_path)  # fails here, once, rather than in each child
-        app.configure(**{
-            k: v for k, v in {"metrics_port": metrics_port, "metrics_host": metrics_host}.items()
-            if v is not None
-        })
+        app.configure(
+            **{
+                k: v
+                for k, v in {"metrics_port": metrics_port, "metrics_host": metrics_host}.items()
+                if v is not None
+            }
+        )
         env = dict(os.environ)
         if app.settings.metrics_port is not None:
             from soniq_prom import ProcessGroupExporter
@@ -240,11 +257,13 @@ def _run_processes(
                 break
             # Own sessions: a Ctrl-C at the terminal reaches the children once, through us,
             # not twice (a second SIGINT makes a worker exit at once).
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "soniq", *args],
-                env={**env, "SONIQ_WORKER_PROCESS_INDEX": str(i)},
-                start_new_session=True,
-            ))
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "soniq", *args],
+                    env={**env, "SONIQ_WORKER_PROCESS_INDEX": str(i)},
+                    start_new_session=True,
+                )
+            )
         codes = [0] * len(children)
 
         def reap(index: int, child: subprocess.Popen[bytes]) -> None:

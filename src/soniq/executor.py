@@ -70,7 +70,11 @@ class JobExecutor:
                 call = loop.run_in_executor(
                     self._thread_pool(),
                     functools.partial(
-                        self._in_thread, ctx.job_id, loop, contextvars.copy_context(), spec.func,
+                        self._in_thread,
+                        ctx.job_id,
+                        loop,
+                        contextvars.copy_context(),
+                        spec.func,
                         kwargs,
                     ),
                 )
@@ -79,9 +83,7 @@ class JobExecutor:
             try:
                 return await asyncio.wait_for(call, spec.timeout)
             except asyncio.TimeoutError:
-                raise JobTimeout(
-                    f"Job {spec.name} timed out after {spec.timeout:g}s"
-                ) from None
+                raise JobTimeout(f"Job {spec.name} timed out after {spec.timeout:g}s") from None
         finally:
             ctx.duration_ms = (time.perf_counter() - started) * 1000.0
             current_attempt.reset(token)

@@ -65,6 +65,8 @@ async def _run(hooks: list[Hook], event: str, args: tuple[Any, ...]) -> None:
         except Exception as exc:
             # The page's exact line; which hook it was rides along for structured logs.
             logger.warning(
-                "Hook %s failed: %r", event, exc,
+                "Hook %s failed: %r",
+                event,
+                exc,
                 extra={"hook": getattr(hook, "__qualname__", None) or repr(hook)},
             )

@@ -266,9 +266,7 @@ def _coerce(middleware: MiddlewareLike) -> Middleware:
 # Composition.
 
 
-def compose(
-    chain: MiddlewareChain, innermost: CallNext
-) -> CallNext:
+def compose(chain: MiddlewareChain, innermost: CallNext) -> CallNext:
     """Fold the middlewares around ``innermost`` (the hooks layer and the job).
 
     Every step settles the attempt's outcome as an exception or a result passes through it,
@@ -349,9 +347,7 @@ def _telemetry_step(mw: Middleware, call_next: CallNext, chain: MiddlewareChain)
     return step
 
 
-def compose_enqueue(
-    chain: MiddlewareChain, write: EnqueueNext
-) -> EnqueueNext:
+def compose_enqueue(chain: MiddlewareChain, write: EnqueueNext) -> EnqueueNext:
     call = write
     for mw in reversed(list(chain)):
         if type(mw).enqueue is Middleware.enqueue:

@@ -16,7 +16,6 @@ from .errors import ConfigurationError, JobArgumentsError, UnknownJobError
 TraceParent = Literal["child", "link", "none"]
 
 
-
 def _make_compact_json() -> Callable[[Any], str]:
     """``json.dumps(obj, separators=(",", ":"), allow_nan=False)``, built once.
 

@@ -296,7 +296,9 @@ claimed AS (
     if not with_due:
         return claim + f"\nSELECT {_CLAIMED_OUT}\nFROM claimed ORDER BY claimed.n\n"
     # With nothing claimed, one row of NULLs carries just the due time.
-    return claim + f""",
+    return (
+        claim
+        + f""",
 due AS (
     SELECT CASE WHEN (SELECT count(*) FROM claimed) < $9 THEN (
         SELECT extract(epoch FROM min(scheduled_at) - now())::float8 FROM soniq_jobs
@@ -307,6 +309,7 @@ due AS (
 SELECT {_CLAIMED_OUT}, due.next_due_s
 FROM due LEFT JOIN claimed ON true ORDER BY claimed.n
 """
+    )
 
 
 # $11 is the queue list; it is bound (as NULL) even where unused so every variant takes the

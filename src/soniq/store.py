@@ -214,16 +214,19 @@ class Store:
         self._schema_checked = True
 
     # -- enqueue ---------------------------------------------------------------------------
-    async def insert(
-        self, jobs: Sequence[PendingJob], conn: Connection | None
-    ) -> None:
+    async def insert(self, jobs: Sequence[PendingJob], conn: Connection | None) -> None:
         if not self._schema_checked:
             await self.check_schema(conn)
         if len(jobs) == 1 and _ready_plain(jobs[0]):
             j = jobs[0]
             query: str = sql.INSERT_READY_JOB
             args: tuple[Any, ...] = (
-                j.id, j.spec.name, j.queue, j.args_json, j.priority, j.spec.max_attempts
+                j.id,
+                j.spec.name,
+                j.queue,
+                j.args_json,
+                j.priority,
+                j.spec.max_attempts,
             )
         elif len(jobs) == 1:
             j = jobs[0]

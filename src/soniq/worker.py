@@ -144,8 +144,11 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; running jobs get the grace period to finish."""
         if not self._stopping:
-            logger.info("Worker %s stopping", self.id,
-                        extra={"event": "worker.stopping", "worker_id": self.id})
+            logger.info(
+                "Worker %s stopping",
+                self.id,
+                extra={"event": "worker.stopping", "worker_id": self.id},
+            )
         self._stopping = True
         self._wake.set()
 
@@ -167,8 +170,12 @@ class Worker:
                 self.id,
                 self.concurrency,
                 ",".join(self.queues) if self.queues else "all",
-                extra={"event": "worker.started", "worker_id": self.id,
-                       "concurrency": self.concurrency, "queues": self.queues},
+                extra={
+                    "event": "worker.started",
+                    "worker_id": self.id,
+                    "concurrency": self.concurrency,
+                    "queues": self.queues,
+                },
             )
             if not self.run_once:
                 self._background = [
@@ -185,8 +192,9 @@ class Worker:
                 self.app._worker_stopped(self)
                 self._stopped.set()
 
-    async def _lifecycle(self, event: str, middlewares: list[Middleware],
-                         done: list[Middleware]) -> None:
+    async def _lifecycle(
+        self, event: str, middlewares: list[Middleware], done: list[Middleware]
+    ) -> None:
         """Run a startup/shutdown method on each middleware, appending each to ``done``.
 
         A telemetry layer's failure is reported and never stops the worker. A user middleware's
@@ -400,8 +408,11 @@ class Worker:
     async def _after_outage(self) -> bool:
         """Release the claims a lost response may have left us holding; False to try again
         after the next round trip (the database went away again)."""
-        logger.info("Database connection restored; worker %s carries on", self.id,
-                    extra={"event": "worker.db_restored", "worker_id": self.id})
+        logger.info(
+            "Database connection restored; worker %s carries on",
+            self.id,
+            extra={"event": "worker.db_restored", "worker_id": self.id},
+        )
         try:
             await self._register()
             pool = await self._store.pool()
@@ -505,11 +516,23 @@ class Worker:
         # Tracing may have added the failed attempt's span context for the next attempt to link.
         tc = json.dumps(ctx.trace_context) if ctx.trace_context else None
         if ctx.outcome == "retry":
-            return Finished(ctx.job_id, "queued", error=error, traceback=tb,
-                            delay_s=ctx.retry_delay or 0.0, trace_context=tc,
-                            attempt=ctx.attempt)
-        return Finished(ctx.job_id, "dead_letter", error=error, traceback=tb, trace_context=tc,
-                        attempt=ctx.attempt)
+            return Finished(
+                ctx.job_id,
+                "queued",
+                error=error,
+                traceback=tb,
+                delay_s=ctx.retry_delay or 0.0,
+                trace_context=tc,
+                attempt=ctx.attempt,
+            )
+        return Finished(
+            ctx.job_id,
+            "dead_letter",
+            error=error,
+            traceback=tb,
+            trace_context=tc,
+            attempt=ctx.attempt,
+        )
 
     @staticmethod
     def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
@@ -572,9 +595,11 @@ class Worker:
                 conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
                 if interrupted:
-                    logger.info("LISTEN connection restored; worker %s hears new jobs again",
-                                self.id,
-                                extra={"event": "worker.listen_restored", "worker_id": self.id})
+                    logger.info(
+                        "LISTEN connection restored; worker %s hears new jobs again",
+                        self.id,
+                        extra={"event": "worker.listen_restored", "worker_id": self.id},
+                    )
                 interrupted = False
                 backoff = 0.25
                 self._wake.set()  # anything enqueued while we were not listening
@@ -590,8 +615,12 @@ class Worker:
                 raise
             except Exception as exc:
                 interrupted = True
-                logger.warning("LISTEN connection lost (%s); reconnecting in %.2gs", exc, backoff,
-                               extra={"event": "worker.listen_lost", "worker_id": self.id})
+                logger.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.2gs",
+                    exc,
+                    backoff,
+                    extra={"event": "worker.listen_lost", "worker_id": self.id},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(_MAX_OUTAGE_BACKOFF, backoff * 2)
             finally:
@@ -645,14 +674,21 @@ class Worker:
                     lease_lost = False
                     if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
                         last_purge = loop.time()
-                        await conn.execute(sql.PURGE_FINISHED, self.done_retention,
-                                           timeout=self._store.command_timeout)
+                        await conn.execute(
+                            sql.PURGE_FINISHED,
+                            self.done_retention,
+                            timeout=self._store.command_timeout,
+                        )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     beating_since = None
-                    logger.warning("Worker heartbeat failed (%s: %s)", type(exc).__name__, exc,
-                                   extra={"event": "worker.heartbeat_failed", "worker_id": self.id})
+                    logger.warning(
+                        "Worker heartbeat failed (%s: %s)",
+                        type(exc).__name__,
+                        exc,
+                        extra={"event": "worker.heartbeat_failed", "worker_id": self.id},
+                    )
                     if conn is not None:
                         conn.terminate()  # a fresh connection next time, not a wedged one
                         conn = None
@@ -661,7 +697,9 @@ class Worker:
                         logger.error(
                             "Worker %s has not beaten for over its %.3gs lease; if other "
                             "workers can reach the database they may run its %d job(s) again",
-                            self.id, self.lease_seconds, len(self._running),
+                            self.id,
+                            self.lease_seconds,
+                            len(self._running),
                             extra={"event": "worker.lease_expired", "worker_id": self.id},
                         )
                 # A steady cadence: the time the beat itself took comes off the wait.
@@ -679,8 +717,12 @@ class Worker:
             await self._register(conn)
         if recover:
             await self._recover_lost(conn)
-        unknown = await conn.fetch(sql.UNKNOWN_READY_NAMES, self.queues, self._known_names,
-                                   timeout=self._store.command_timeout)
+        unknown = await conn.fetch(
+            sql.UNKNOWN_READY_NAMES,
+            self.queues,
+            self._known_names,
+            timeout=self._store.command_timeout,
+        )
         for row in unknown:
             name = row[0]
             if name not in self._warned_unknown:
@@ -693,8 +735,9 @@ class Worker:
                 )
 
     async def _recover_lost(self, conn: asyncpg.Connection[Any]) -> None:
-        recovered = await conn.fetch(sql.RECOVER_LOST_JOBS, self.lease_seconds,
-                                     timeout=self._store.command_timeout)
+        recovered = await conn.fetch(
+            sql.RECOVER_LOST_JOBS, self.lease_seconds, timeout=self._store.command_timeout
+        )
         for row in recovered:
             logger.warning(
                 "Job %s (%s) lost its worker; %s",
@@ -703,13 +746,18 @@ class Worker:
                 "moved to the dead-letter queue (attempts exhausted)"
                 if row["status"] == "dead_letter"
                 else "queued to run again",
-                extra={"event": "job.worker_lost", "job_id": str(row["id"]),
-                       "job_name": row["job_name"], "worker_id": self.id},
+                extra={
+                    "event": "job.worker_lost",
+                    "job_id": str(row["id"]),
+                    "job_name": row["job_name"],
+                    "worker_id": self.id,
+                },
             )
         if recovered:
             self._wake.set()
-        await conn.execute(sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10,
-                           timeout=self._store.command_timeout)
+        await conn.execute(
+            sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10, timeout=self._store.command_timeout
+        )
 
     # -- shutdown --------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -762,8 +810,11 @@ class Worker:
                 finished, self._finished = self._finished, []
                 # A held job started from the buffer has its start written first, so that the
                 # refund below finds a counted attempt to refund.
-                starts = [Finished(i, None, attempt=a)
-                          for i, a in self._unreported.items() if i in self._held]
+                starts = [
+                    Finished(i, None, attempt=a)
+                    for i, a in self._unreported.items()
+                    if i in self._held
+                ]
                 try:
                     await self._round_trip(finished, 0, starts=starts)
                     for f in starts:
@@ -773,18 +824,21 @@ class Worker:
                     if self._finished:
                         continue  # an outage interrupted it: try again after the delay
                 pool = await self._store.pool()
-                await pool.execute(sql.RELEASE_UNTRACKED, self.id, held,
-                                   timeout=self._store.command_timeout)
+                await pool.execute(
+                    sql.RELEASE_UNTRACKED, self.id, held, timeout=self._store.command_timeout
+                )
                 if held:
                     # Handing these back now would let another worker start one while our
                     # thread still runs it. They stay ours, the attempt refunded in advance,
                     # and the lease (which counts an attempt) returns them after we are gone;
                     # so the worker row stays too, for the lease to expire.
-                    await pool.execute(sql.REFUND_HELD, self.id, held,
-                                       timeout=self._store.command_timeout)
+                    await pool.execute(
+                        sql.REFUND_HELD, self.id, held, timeout=self._store.command_timeout
+                    )
                 else:
-                    await pool.execute(sql.DEREGISTER_WORKER, self.id,
-                                       timeout=self._store.command_timeout)
+                    await pool.execute(
+                        sql.DEREGISTER_WORKER, self.id, timeout=self._store.command_timeout
+                    )
                 return
             except CONNECTION_ERRORS as exc:
                 self._finished[:0] = finished

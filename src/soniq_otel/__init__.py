@@ -28,6 +28,7 @@ __all__ = [
     "install",
 ]
 
+
 def install(app: Soniq, config: OtelConfig | Mapping[str, Any] | None = None) -> TracingMiddleware:
     """Add the tracing layer to ``app`` (what ``app.instrument(otel=...)`` calls).
 

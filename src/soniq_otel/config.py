@@ -59,8 +59,7 @@ class OtelConfig:
                     f"OtelConfig.{name} must be a number of seconds >= 0, not {value!r}"
                 )
         if isinstance(self.record_args, str) or not (
-            isinstance(self.record_args, bool)
-            or all(isinstance(n, str) for n in self.record_args)
+            isinstance(self.record_args, bool) or all(isinstance(n, str) for n in self.record_args)
         ):
             raise ConfigurationError(
                 "OtelConfig.record_args must be True, False or a collection of argument names, "

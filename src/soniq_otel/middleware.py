@@ -60,8 +60,13 @@ class TracingMiddleware(Middleware):
             frozenset() if isinstance(wanted, bool) else frozenset(wanted)
         )
         self._last_extracted: (
-            tuple[TextMapPropagator, tuple[tuple[str, str], ...], otel_context.Context,
-                  trace.SpanContext] | None
+            tuple[
+                TextMapPropagator,
+                tuple[tuple[str, str], ...],
+                otel_context.Context,
+                trace.SpanContext,
+            ]
+            | None
         ) = None
 
     def __repr__(self) -> str:
@@ -222,9 +227,7 @@ class TracingMiddleware(Middleware):
                 links.append(Link(before, _PREVIOUS_LINK))
         return parent, links
 
-    def _extract(
-        self, carrier: dict[str, str]
-    ) -> tuple[otel_context.Context, trace.SpanContext]:
+    def _extract(self, carrier: dict[str, str]) -> tuple[otel_context.Context, trace.SpanContext]:
         """The creation context a job carries, through the global propagator.
 
         Jobs enqueued together carry the same context and are usually claimed together, so the

@@ -12,9 +12,24 @@ from prometheus_client import CollectorRegistry
 # Seconds, from a 5 ms job to an hour-long one: queue jobs span that whole range, and a
 # histogram is only useful where it has buckets.
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0, 600.0, 1800.0, 3600.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
 )
 
 OVERFLOW_LABEL = "__other__"

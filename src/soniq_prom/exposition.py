@@ -50,8 +50,7 @@ def source_of(target: Any) -> MetricsSource:
             if isinstance(layer, PrometheusMetrics):
                 return layer
         raise LookupError(
-            "This Soniq app has no Prometheus metrics; call app.instrument(prometheus=True) "
-            "first"
+            "This Soniq app has no Prometheus metrics; call app.instrument(prometheus=True) first"
         )
     raise TypeError(f"Expected a Soniq app with metrics installed, not {target!r}")
 
@@ -99,12 +98,18 @@ def asgi_app(target: Any) -> ASGIApp:
             await _respond(send, 405, b"text/plain", b"use GET\n", [(b"allow", b"GET, HEAD")])
             return
         accept = ",".join(
-            value.decode("latin-1") for name, value in scope.get("headers", ()) if
-            name.lower() == b"accept"
+            value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name.lower() == b"accept"
         )
         body, content_type = await render_async(target, accept)
-        await _respond(send, 200, content_type.encode(), b"" if method == "HEAD" else body,
-                       [(b"content-length", str(len(body)).encode())])
+        await _respond(
+            send,
+            200,
+            content_type.encode(),
+            b"" if method == "HEAD" else body,
+            [(b"content-length", str(len(body)).encode())],
+        )
 
     return metrics_app
 
@@ -112,11 +117,13 @@ def asgi_app(target: Any) -> ASGIApp:
 async def _respond(
     send: Send, status: int, content_type: bytes, body: bytes, extra: list[tuple[bytes, bytes]]
 ) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", content_type), *extra],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), *extra],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

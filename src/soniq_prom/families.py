@@ -97,8 +97,16 @@ class _Histogram:
 
 class LocalSeries:
     __slots__ = (
-        "_bounds", "_lock", "_wait_bounds", "duration", "enqueued_total", "in_progress",
-        "job_name", "outcomes", "queue", "queue_wait",
+        "_bounds",
+        "_lock",
+        "_wait_bounds",
+        "duration",
+        "enqueued_total",
+        "in_progress",
+        "job_name",
+        "outcomes",
+        "queue",
+        "queue_wait",
     )
 
     def __init__(self, families: LocalFamilies, queue: str, job_name: str) -> None:
@@ -176,8 +184,15 @@ class LocalFamilies:
     def collect(self) -> Iterator[Metric]:
         with self.lock:  # one consistent snapshot; copies only, no formatting under the lock
             snapshot = [
-                (s.queue, s.job_name, s.enqueued_total, dict(s.outcomes), s.in_progress,
-                 _copy(s.duration), _copy(s.queue_wait))
+                (
+                    s.queue,
+                    s.job_name,
+                    s.enqueued_total,
+                    dict(s.outcomes),
+                    s.in_progress,
+                    _copy(s.duration),
+                    _copy(s.queue_wait),
+                )
                 for s in self._series
             ]
             capacity, errors = self._capacity, self._telemetry_errors
@@ -242,11 +257,17 @@ class ClientFamilies:
         self.enqueued = Counter(*ENQUEUED, JOB_LABELS, registry=registry)
         self.attempts = Counter(*ATTEMPTS, (*JOB_LABELS, "outcome"), registry=registry)
         self.duration = Histogram(
-            *DURATION, JOB_LABELS, buckets=config.duration_buckets, unit="seconds",
+            *DURATION,
+            JOB_LABELS,
+            buckets=config.duration_buckets,
+            unit="seconds",
             registry=registry,
         )
         self.queue_wait = Histogram(
-            *QUEUE_WAIT, JOB_LABELS, buckets=config.queue_wait_buckets, unit="seconds",
+            *QUEUE_WAIT,
+            JOB_LABELS,
+            buckets=config.queue_wait_buckets,
+            unit="seconds",
             registry=registry,
         )
         # livesum: a child that exits (even killed) takes its running jobs and slots with it.
@@ -256,8 +277,13 @@ class ClientFamilies:
         self.capacity = Gauge(*CAPACITY, multiprocess_mode="livesum", registry=registry)
         self.telemetry_errors = Counter(*TELEMETRY_ERRORS, registry=registry)
         self.collectors = (
-            self.enqueued, self.attempts, self.duration, self.queue_wait, self.in_progress,
-            self.capacity, self.telemetry_errors,
+            self.enqueued,
+            self.attempts,
+            self.duration,
+            self.queue_wait,
+            self.in_progress,
+            self.capacity,
+            self.telemetry_errors,
         )
 
     def series(self, queue: str, job_name: str) -> ClientSeries:

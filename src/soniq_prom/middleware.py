@@ -126,8 +126,10 @@ class PrometheusMetrics(Middleware):
         if self.queue_state is not None:
             self.queue_state.attach(asyncio.get_running_loop())
         settings = self.app.settings
-        if settings.metrics_port is not None and self.server is None and (
-            not self.multiprocess_child
+        if (
+            settings.metrics_port is not None
+            and self.server is None
+            and (not self.multiprocess_child)
         ):
             self.server = MetricsServer(self.registry, settings.metrics_host, settings.metrics_port)
             logger.info(

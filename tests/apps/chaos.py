@@ -62,16 +62,18 @@ async def run_chaos(
 ) -> ChaosReport:
     """Run the chaos on an empty Soniq database; ``kills`` SIGKILLs, one every ``pause``."""
     rng = random.Random(seed)
-    report = ChaosReport(jobs=jobs, workers=workers, concurrency=concurrency,
-                         prefetch=Settings().prefetch)
+    report = ChaosReport(
+        jobs=jobs, workers=workers, concurrency=concurrency, prefetch=Settings().prefetch
+    )
     conn = await asyncpg.connect(database_url)
     producer = build(database_url)
     deaths: dict[int, datetime] = {}
     started = time.monotonic()
     try:
         await reset_attempts(conn)
-        with Fleet(database_url, folder, lease_seconds=lease, poll_interval=0.5,
-                   grace_period=5) as fleet:
+        with Fleet(
+            database_url, folder, lease_seconds=lease, poll_interval=0.5, grace_period=5
+        ) as fleet:
             fleet_args = ("--concurrency", str(concurrency))
             alive: list[tuple[WorkerProcess, float]] = [
                 (fleet.start(*fleet_args), time.monotonic()) for _ in range(workers)
@@ -99,9 +101,7 @@ async def run_chaos(
             await producing
 
             async def finished() -> bool:
-                left = await conn.fetchval(
-                    "SELECT count(*) FROM soniq_jobs WHERE status <> 'done'"
-                )
+                left = await conn.fetchval("SELECT count(*) FROM soniq_jobs WHERE status <> 'done'")
                 total = await conn.fetchval("SELECT count(*) FROM soniq_jobs")
                 return bool(left == 0 and total == jobs)
 
@@ -133,8 +133,7 @@ async def verify(
     if report.statuses != {"done": report.jobs}:
         report.problems.append(f"statuses {report.statuses}, expected all {report.jobs} done")
     jobs = {
-        str(r["id"]): r["attempts"]
-        for r in await conn.fetch("SELECT id, attempts FROM soniq_jobs")
+        str(r["id"]): r["attempts"] for r in await conn.fetch("SELECT id, attempts FROM soniq_jobs")
     }
     report.attempts = sum(jobs.values())
     attempts = await conn.fetch(

@@ -30,7 +30,10 @@ async def record(n: int, ctx: JobContext) -> int:
     pool = await _db()
     await pool.execute(
         "INSERT INTO test_runs (job_id, n, pid, worker_id) VALUES ($1, $2, $3, $4)",
-        ctx.job_id, n, os.getpid(), ctx.worker_id,
+        ctx.job_id,
+        n,
+        os.getpid(),
+        ctx.worker_id,
     )
     return n
 

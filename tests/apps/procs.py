@@ -98,6 +98,7 @@ class Fleet:
 async def wait_registered(database_url: str, worker: WorkerProcess, timeout: float = 30) -> None:
     conn = await asyncpg.connect(database_url)
     try:
+
         async def registered() -> bool:
             if not worker.alive():
                 raise AssertionError(f"worker exited early:\n{worker.log()}")
@@ -113,7 +114,9 @@ async def wait_registered(database_url: str, worker: WorkerProcess, timeout: flo
 async def wait_exit(worker: WorkerProcess, timeout: float) -> int:
     """The exit code, polled so the test's loop keeps running."""
     code = await wait_until(
-        lambda: worker.proc.poll() is not None, timeout=timeout, interval=0.02,
+        lambda: worker.proc.poll() is not None,
+        timeout=timeout,
+        interval=0.02,
         what=f"worker {worker.pid} to exit",
     )
     assert code

@@ -14,7 +14,10 @@ T = TypeVar("T")
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0, interval: float = 0.02,
+    check: Callable[[], Awaitable[T] | T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
     what: str = "condition",
 ) -> T:
     deadline = time.monotonic() + timeout

@@ -21,9 +21,7 @@ from ..context import AttemptContext, current_attempt
 
 # Set by the log middleware for the whole attempt it wraps, so lines logged by the user's
 # middlewares and hooks carry the job too; ``current_attempt`` only covers the job function.
-attempt_in_chain: ContextVar[AttemptContext | None] = ContextVar(
-    "soniq_logs_attempt", default=None
-)
+attempt_in_chain: ContextVar[AttemptContext | None] = ContextVar("soniq_logs_attempt", default=None)
 
 
 def trace_ids() -> dict[str, str]:

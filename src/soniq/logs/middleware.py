@@ -117,8 +117,9 @@ def _info(log: logging.Logger, message: str, fields: dict[str, Any]) -> None:
     """``log.info(message, extra=fields)`` without looking up the caller's file and line: they
     would always name this module, and the stack walk is a fifth of what a record costs. The
     logger's filters, handlers and propagation apply as with ``log.info``."""
-    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None,
-                              "__call__", fields))
+    log.handle(
+        log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None, "__call__", fields)
+    )
 
 
 def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
