@@ -28,9 +28,13 @@ async def main() -> None:
     parser.add_argument(
         "--limit", type=int, default=0, help="drain: stop after this many jobs (Soniq only)"
     )
+    parser.add_argument(
+        "--marks", type=int, default=0, help="drain: report the time every N jobs (quarters)"
+    )
     opts = parser.parse_args()
 
     latencies: list[float] = []
+    marks: list[float] = []
     ran = 0
     reached = 0.0
     worker: Any = None
@@ -38,6 +42,8 @@ async def main() -> None:
     async def job(payload: dict[str, Any]) -> None:
         nonlocal ran, reached
         ran += 1
+        if opts.marks and ran % opts.marks == 0:
+            marks.append(now())
         if ran == opts.limit:
             reached = now()
             worker.stop()
@@ -84,7 +90,7 @@ async def main() -> None:
     started = now()
     if opts.mode == "drain":
         await run()
-        result = {"start": started, "end": reached or now(), "ran": ran}
+        result = {"start": started, "end": reached or now(), "ran": ran, "marks": marks}
         if telemetry is not None:
             result.update(telemetry.finish())
         emit("RESULT", result)
