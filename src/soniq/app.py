@@ -20,8 +20,11 @@ import asyncpg
 from .backoff import Backoff, as_backoff
 from .database import resolve_url
 from .errors import ConfigurationError, JobArgumentsError
+from .fleet_role import FleetRole
 from .hooks import Hooks
+from .instrumentation import instrument
 from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
+from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
@@ -161,21 +164,15 @@ class Soniq:
         return func
 
     # -- instrumentation -------------------------------------------------------------------
-    def instrument(self, *, otel: Any = False, prometheus: Any = False, logs: Any = False) -> None:
-        """Turn on the built-in telemetry layers. Each argument is True or a config object;
-        calling this again with the same switches changes nothing."""
-        if otel:
-            from soniq_otel import install as install_otel
-
-            install_otel(self, None if otel is True else otel)
-        if logs:
-            from .logs import install as install_logs
-
-            install_logs(self, None if logs is True else logs)
-        if prometheus:
-            from soniq_prom import install as install_prom
-
-            install_prom(self, None if prometheus is True else prometheus)
+    def instrument(
+        self, *, otel: Any = False, prometheus: Any = False, logs: Any = False, **others: Any
+    ) -> None:
+        """Turn on telemetry layers: tracing (``otel``), ``prometheus`` metrics, structured
+        ``logs``, or any other installed package's (``sentry=True``), each found by name among
+        the ``soniq.instrumentations`` entry points. Each value is True (defaults), a config
+        object or a dict of its options; a false value leaves that one alone. Calling again with
+        no config or an equal one changes nothing; a different config replaces the layer."""
+        instrument(self, {"otel": otel, "logs": logs, "prometheus": prometheus, **others})
 
     # -- enqueue ---------------------------------------------------------------------------
     async def enqueue(
@@ -275,6 +272,19 @@ class Soniq:
     async def queue_status(self) -> list[dict[str, Any]]:
         """Per queue: counts by status and the age in seconds of the oldest ready job."""
         return await self._store.queue_status()
+
+    async def queue_state(self) -> QueueState:
+        """Jobs per queue and state (ready, scheduled, processing, dead_letter), the age of the
+        oldest ready job, and the live workers. One cheap statement that never reads finished
+        rows, made to be polled (the Prometheus gauges read it); ``queue_status`` counts every
+        status, finished ones included, for people."""
+        return await self._store.queue_state(self.settings.lease_seconds)
+
+    def fleet_role(self, name: str) -> FleetRole:
+        """A role that at most one process of the fleet (every app on this database) holds at
+        a time, e.g. the one reporter of fleet-wide gauges: ``await role.try_take()``, then
+        ``role.held``, ``await role.release()``. See :class:`soniq.fleet_role.FleetRole`."""
+        return FleetRole(self._store, name)
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, **options: Any) -> Worker:
