@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import subprocess
 import sys
 import textwrap
@@ -295,3 +296,25 @@ async def test_a_second_install_keeps_or_replaces_by_the_same_rule(
     assert _front(app) is second
     if isinstance(second, PrometheusMetrics):
         await second.close()
+
+
+def test_the_cli_names_an_unknown_instrumentation_and_how_to_add_one(clean_db: str) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "soniq",
+            "worker",
+            "tests.apps.core_app:app",
+            "--instrument",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SONIQ_DATABASE_URL": clean_db},
+        cwd=SRC.parent,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "--instrument" in out.stderr and "'nope'" in out.stderr
+    assert "available: logs, otel, prometheus" in out.stderr
