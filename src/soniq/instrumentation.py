@@ -86,6 +86,8 @@ def instrument(app: Soniq, wanted: dict[str, Any]) -> None:
     """Install each instrumentation whose value is truthy: ``True`` means its defaults, any
     other value is handed to its ``install`` as the config."""
     chosen = {name: value for name, value in wanted.items() if value}
+    if not chosen:
+        return  # nothing asked for: no need to read every package's metadata
     for name, ep in find(list(chosen)).items():
         value = chosen[name]
         load(ep).install(app, None if value is True else value)
