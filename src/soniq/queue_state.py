@@ -19,8 +19,8 @@ STATES: tuple[QueueStateName, ...] = ("ready", "scheduled", "processing", "dead_
 
 @dataclass(frozen=True, slots=True)
 class QueueCount:
-    """How many jobs of ``queue`` are in ``state``. A queue with no job in a state has no
-    count for it."""
+    """How many jobs of ``queue`` are in ``state``. A state without jobs may be left out, or
+    given as 0 (a queue with jobs waiting has both a ready and a scheduled count)."""
 
     queue: str
     state: QueueStateName
