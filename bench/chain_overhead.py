@@ -37,7 +37,6 @@ from typing import Any
 from bench import common
 from soniq import AttemptContext, Soniq
 from soniq.executor import JobExecutor
-from soniq.middleware import compose
 
 JOB_NAME = "bench.noop"
 
@@ -84,7 +83,7 @@ async def drain(app: Soniq, loader: Soniq, jobs: int, concurrency: int) -> tuple
 async def chain_cost_us(app: Soniq, calls: int) -> float:
     """Microseconds per attempt through the composed chain around an async no-op job."""
     spec = app.registry.spec(JOB_NAME)
-    call = compose(app.middleware, app.hooks.wrap(JobExecutor(1)))
+    call = app.middleware.job_call(JobExecutor(1))
     now = datetime.now(timezone.utc)
     best = float("inf")
     for _ in range(5):  # best of five: the floor, not the machine's noise

@@ -103,7 +103,6 @@ def _layer_cost_us(attempts: int = 50_000) -> float:
     from datetime import datetime, timezone
 
     from soniq import AttemptContext
-    from soniq.middleware import compose
 
     async def per_attempt(metrics: bool) -> float:
         app = make_app("postgresql://unused@127.0.0.1/unused", metrics)
@@ -112,7 +111,7 @@ def _layer_cost_us(attempts: int = 50_000) -> float:
         async def job(ctx: AttemptContext) -> None:
             ctx.duration_ms = 0.01
 
-        call = compose(app.middleware, app.hooks.wrap(job))
+        call = app.middleware.job_call(job)
         now = datetime.now(timezone.utc)
         contexts = [
             AttemptContext(

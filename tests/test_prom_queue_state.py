@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from soniq import Soniq, sql
+from soniq import QueueCount, QueueState, Soniq, sql
 from soniq_prom import PrometheusConfig, metrics_of, render_async
-from soniq_prom.queue_state import build_snapshot
+from soniq_prom.queue_state import REPORTER_ROLE, build_snapshot
 from tests.support.waiting import wait_until
 from tests.test_prom_support import samples, value
 
@@ -134,10 +134,13 @@ async def test_only_one_process_of_a_fleet_reports_and_another_takes_over(
         assert _reports(await _scrape(first))
 
     # The reporter's process dies (its connection with it): the next scrape elsewhere leads.
+    key = first.fleet_role(REPORTER_ROLE).key  # a bigint lock: its high and low 32 bits
     holder = await db.fetchval(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted "
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 "
+        "AND objsubid = 1 AND granted "
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        sql.METRICS_LEADER_LOCK_KEY,
+        (key >> 32) & 0xFFFF_FFFF,
+        key & 0xFFFF_FFFF,
     )
     assert holder is not None
     assert await db.fetchval("SELECT pg_terminate_backend($1)", holder)
@@ -211,11 +214,14 @@ def _walk(node: dict[str, Any]) -> Any:
 
 
 def test_queues_past_the_cap_are_summed_into_the_overflow_value() -> None:
-    rows = [
-        {"queue": q, "state": "ready", "jobs": n, "oldest_ready_age_s": age}
-        for q, n, age in [("a", 1, 5.0), ("b", 2, 50.0), ("c", 3, 7.0), ("d", 4, 1.0)]
-    ] + [{"queue": None, "state": "workers_live", "jobs": 2, "oldest_ready_age_s": None}]
-    snapshot = build_snapshot(rows, known_queues=["d"], cap=2, overflow="__other__", taken_at=0)
+    state = QueueState(
+        tuple(
+            QueueCount(q, "ready", n, age)
+            for q, n, age in [("a", 1, 5.0), ("b", 2, 50.0), ("c", 3, 7.0), ("d", 4, 1.0)]
+        ),
+        workers_live=2,
+    )
+    snapshot = build_snapshot(state, known_queues=["d"], cap=2, overflow="__other__", taken_at=0)
     ready = {q: n for (q, state), n in snapshot.jobs.items() if state == "ready"}
     assert ready == {"d": 4, "a": 1, "__other__": 5}  # the registered queue keeps its label
     assert snapshot.oldest_ready_age == {"d": 1.0, "a": 5.0, "__other__": 50.0}

@@ -13,6 +13,7 @@ from .errors import (
     SoniqError,
     UnknownJobError,
 )
+from .fleet_role import FleetRole
 from .middleware import (
     CallNext,
     EnqueueContext,
@@ -22,6 +23,7 @@ from .middleware import (
     MiddlewareChain,
     PendingJob,
 )
+from .queue_state import QueueCount, QueueState
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
 from .worker import Worker
@@ -36,6 +38,7 @@ __all__ = [
     "DatabaseUnavailable",
     "EnqueueContext",
     "EnqueueNext",
+    "FleetRole",
     "FunctionMiddleware",
     "JobArgumentsError",
     "JobContext",
@@ -46,6 +49,8 @@ __all__ = [
     "Middleware",
     "MiddlewareChain",
     "PendingJob",
+    "QueueCount",
+    "QueueState",
     "SchemaError",
     "Settings",
     "Soniq",

@@ -20,8 +20,11 @@ import asyncpg
 from .backoff import Backoff, as_backoff
 from .database import resolve_url
 from .errors import ConfigurationError, JobArgumentsError
+from .fleet_role import FleetRole
 from .hooks import Hooks
-from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob, compose_enqueue
+from .instrumentation import instrument
+from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
+from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
@@ -52,11 +55,10 @@ class Soniq:
             self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
         self.registry = JobRegistry()
         self.middleware = MiddlewareChain()
-        self.hooks = Hooks()
         self.workers: list[Worker] = []
-        self._enqueue_version = -1
+        # One bound method for the app's life: the chain's compiled enqueue side is keyed on it,
+        # and handed back as is when no layer wraps enqueues (the fast path below).
         self._write_call: EnqueueNext = self._write
-        self._enqueue_call: EnqueueNext = self._write_call
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -141,40 +143,36 @@ class Soniq:
         return self.registry
 
     # -- hooks -----------------------------------------------------------------------------
+    @property
+    def hooks(self) -> Hooks:
+        """The registered hooks (the chain's innermost layer), for reading."""
+        return self.middleware.hooks
+
     def before_job(self, func: F) -> F:
         """Run ``func(job_name, job_id, attempt)`` before each job function call."""
-        self.hooks.before_job.append(func)
-        self.middleware._changed()
+        self.middleware.add_hook("before_job", func)
         return func
 
     def after_job(self, func: F) -> F:
         """Run ``func(job_name, job_id, duration_ms)`` after each successful job call."""
-        self.hooks.after_job.append(func)
-        self.middleware._changed()
+        self.middleware.add_hook("after_job", func)
         return func
 
     def on_error(self, func: F) -> F:
         """Run ``func(job_name, job_id, error, attempt)`` when a job call raises."""
-        self.hooks.on_error.append(func)
-        self.middleware._changed()
+        self.middleware.add_hook("on_error", func)
         return func
 
     # -- instrumentation -------------------------------------------------------------------
-    def instrument(self, *, otel: Any = False, prometheus: Any = False, logs: Any = False) -> None:
-        """Turn on the built-in telemetry layers. Each argument is True or a config object;
-        calling this again with the same switches changes nothing."""
-        if otel:
-            from soniq_otel import install as install_otel
-
-            install_otel(self, None if otel is True else otel)
-        if logs:
-            from .logs import install as install_logs
-
-            install_logs(self, None if logs is True else logs)
-        if prometheus:
-            from soniq_prom import install as install_prom
-
-            install_prom(self, None if prometheus is True else prometheus)
+    def instrument(
+        self, *, otel: Any = False, prometheus: Any = False, logs: Any = False, **others: Any
+    ) -> None:
+        """Turn on telemetry layers: tracing (``otel``), ``prometheus`` metrics, structured
+        ``logs``, or any other installed package's (``sentry=True``), each found by name among
+        the ``soniq.instrumentations`` entry points. Each value is True (defaults), a config
+        object or a dict of its options; a false value leaves that one alone. Calling again with
+        no config or an equal one changes nothing; a different config replaces the layer."""
+        instrument(self, {"otel": otel, "logs": logs, "prometheus": prometheus, **others})
 
     # -- enqueue ---------------------------------------------------------------------------
     async def enqueue(
@@ -190,7 +188,7 @@ class Soniq:
         """Write one job; returns its id. With ``connection=``, inside the caller's transaction."""
         spec = self._spec_of(job)
         pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
-        call = self._enqueue_chain()
+        call = self.middleware.enqueue_call(self._write_call)
         if call is self._write_call:  # no enqueue middleware: no context to build
             await self._store.insert((pending,), connection)
         else:
@@ -223,7 +221,8 @@ class Soniq:
             job_id = new_job_id(rand[20 * i : 20 * i + 20])
             jobs.append(PendingJob(job_id, spec, queue_, args_json, priority_, at, delay))
         if jobs:
-            await self._enqueue_chain()(EnqueueContext(jobs, batch=True, connection=connection))
+            call = self.middleware.enqueue_call(self._write_call)
+            await call(EnqueueContext(jobs, batch=True, connection=connection))
         return [j.id for j in jobs]
 
     def _spec_of(self, job: str | Callable[..., Any]) -> JobSpec:
@@ -247,12 +246,6 @@ class Soniq:
     ) -> PendingJob:
         queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         return PendingJob(new_job_id(), spec, queue_, spec.bind(kwargs), priority_, at, delay)
-
-    def _enqueue_chain(self) -> EnqueueNext:
-        if self.middleware.version != self._enqueue_version:
-            self._enqueue_version = self.middleware.version
-            self._enqueue_call = compose_enqueue(self.middleware, self._write_call)
-        return self._enqueue_call
 
     async def _write(self, ctx: EnqueueContext) -> None:
         await self._store.insert(ctx.jobs, ctx.connection)
@@ -279,6 +272,19 @@ class Soniq:
     async def queue_status(self) -> list[dict[str, Any]]:
         """Per queue: counts by status and the age in seconds of the oldest ready job."""
         return await self._store.queue_status()
+
+    async def queue_state(self) -> QueueState:
+        """Jobs per queue and state (ready, scheduled, processing, dead_letter), the age of the
+        oldest ready job, and the live workers. One cheap statement that never reads finished
+        rows, made to be polled (the Prometheus gauges read it); ``queue_status`` counts every
+        status, finished ones included, for people."""
+        return await self._store.queue_state(self.settings.lease_seconds)
+
+    def fleet_role(self, name: str) -> FleetRole:
+        """A role that at most one process of the fleet (every app on this database) holds at
+        a time, e.g. the one reporter of fleet-wide gauges: ``await role.try_take()``, then
+        ``role.held``, ``await role.release()``. See :class:`soniq.fleet_role.FleetRole`."""
+        return FleetRole(self._store, name)
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, **options: Any) -> Worker:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from . import instrumentation
 from .app import Soniq
 from .errors import SoniqError
 from .logs import configure_logging
@@ -127,8 +128,9 @@ def setup(app_path: str | None, database_url: str | None) -> None:
     "--instrument",
     "instrument",
     multiple=True,
-    type=click.Choice(["otel", "prometheus", "logs", "all"]),
-    help="Turn on built-in telemetry (repeatable).",
+    metavar="NAME",
+    help="Turn on telemetry (repeatable): otel, prometheus, logs, all (those three), or the "
+    "name of another installed instrumentation.",
 )
 @click.option(
     "--log-format",
@@ -170,15 +172,14 @@ def worker(
     wanted = set(instrument)
     # A metrics port from the flag, SONIQ_METRICS_PORT or the app's settings turns metrics on.
     serve_metrics = app.settings.metrics_port is not None
-    if wanted:
-        every = "all" in wanted
-        app.instrument(
-            otel=every or "otel" in wanted,
-            prometheus=every or "prometheus" in wanted or serve_metrics,
-            logs=every or "logs" in wanted,
-        )
-    elif serve_metrics:
-        app.instrument(prometheus=True)
+    if "all" in wanted:
+        wanted = (wanted - {"all"}) | {"otel", "prometheus", "logs"}
+    if serve_metrics:
+        wanted.add("prometheus")
+    try:
+        app.instrument(**dict.fromkeys(sorted(wanted), True))
+    except SoniqError as exc:
+        raise click.BadParameter(str(exc), param_hint="--instrument") from exc
     queue_list = [q for q in queues.split(",") if q.strip()] if queues else None
 
     held: frozenset[str] = frozenset()
@@ -236,10 +237,12 @@ def _run_processes(
         )
         env = dict(os.environ)
         if app.settings.metrics_port is not None:
-            from soniq_prom import ProcessGroupExporter
-
+            # The metrics port is the Prometheus instrumentation's: found by its entry point,
+            # like app.instrument(prometheus=...), never imported by name.
+            entry = instrumentation.find(["prometheus"])["prometheus"]
+            prometheus: Any = instrumentation.load(entry)
             try:
-                exporter = ProcessGroupExporter(
+                exporter = prometheus.serve_process_group(
                     app, app.settings.metrics_host, app.settings.metrics_port
                 )
             except OSError as exc:

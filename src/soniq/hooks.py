@@ -1,34 +1,46 @@
 """User hooks (``@app.before_job``, ``@app.after_job``, ``@app.on_error``): the innermost layer.
 
-The hooks page is the contract: hooks run in registration order, sync or async, and a hook that
-raises is logged as ``Hook <event> failed: <repr>`` and never stops the job or its recording.
+The chain owns them (``app.middleware.hooks``, registered through ``add_hook``) and wraps them
+around the job function when it compiles itself. The hooks page is the contract: hooks run in
+registration order, sync or async, and a hook that raises is logged as
+``Hook <event> failed: <repr>`` and never stops the job or its recording.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from .context import AttemptContext
-from .middleware import CallNext
 
 logger = logging.getLogger("soniq")
 
 Hook = Callable[..., Any]
+HookEvent = Literal["before_job", "after_job", "on_error"]
+HOOK_EVENTS: tuple[HookEvent, ...] = ("before_job", "after_job", "on_error")
+
+# The same shape as soniq.middleware.CallNext (not imported: the chain imports this module).
+_RunJob = Callable[[AttemptContext], Awaitable[Any]]
 
 
 class Hooks:
+    """The registered hooks per event, in registration order. Register through
+    ``MiddlewareChain.add_hook`` so the chain rebuilds; the lists are for reading."""
+
     def __init__(self) -> None:
         self.before_job: list[Hook] = []
         self.after_job: list[Hook] = []
         self.on_error: list[Hook] = []
 
+    def add(self, event: HookEvent, func: Hook) -> None:
+        getattr(self, event).append(func)
+
     def __bool__(self) -> bool:
         return bool(self.before_job or self.after_job or self.on_error)
 
-    def wrap(self, run_job: CallNext) -> CallNext:
+    def wrap(self, run_job: _RunJob) -> _RunJob:
         """The innermost layer: hooks around the job function."""
         if not self:
             return run_job

@@ -1,9 +1,11 @@
 """The middleware chain that wraps every job attempt and every enqueue.
 
 Layers run outermost first. Built-in telemetry layers (tracing, logs, metrics) sit at the
-front; middlewares the user adds follow in the order given; the user's hooks are always the
-innermost layer, next to the job function. ``compose`` turns that list into one callable once,
-when the worker starts or the list changes, not per job.
+front; middlewares the user adds follow in the order given; the user's hooks (``chain.hooks``)
+are always the innermost layer, next to the job function. The chain owns its compiled form:
+``job_call`` and ``enqueue_call`` fold the layers into one callable the first time they are
+asked after an edit, and hand the same callable back until the next edit, so callers never
+compose or track versions themselves, and nothing is composed per job.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .context import AttemptContext
+from .hooks import HOOK_EVENTS, Hook, HookEvent, Hooks
 
 if TYPE_CHECKING:
     import asyncpg
@@ -132,13 +135,51 @@ MiddlewareLike = Middleware | type[Middleware] | Callable[..., Any]
 TelemetryErrorListener = Callable[[Middleware, BaseException], None]
 
 
+# Compiled callables kept per innermost callable (one per worker, plus the app's writer);
+# bounded so that short-lived workers in a long process leave nothing behind.
+_MAX_BUILT = 16
+
+
 class MiddlewareChain:
-    """The ordered, editable list of middlewares (outermost first)."""
+    """The ordered, editable list of middlewares (outermost first), the user's hooks as the
+    innermost layer, and the callables compiled from them."""
 
     def __init__(self) -> None:
         self._items: list[Middleware] = []
-        self.version = 0
+        self.hooks = Hooks()
         self.telemetry_error_listeners: list[TelemetryErrorListener] = []
+        # Compiled forms by innermost callable; emptied by every edit (see _rebuild).
+        self._job_calls: dict[CallNext, CallNext] = {}
+        self._enqueue_calls: dict[EnqueueNext, EnqueueNext] = {}
+
+    # -- compiled forms ------------------------------------------------------------------
+    def job_call(self, run_job: CallNext) -> CallNext:
+        """The whole attempt side around ``run_job`` (the job function's caller): the layers,
+        then the hooks. Built on the first call after an edit, the same object until the next.
+        """
+        call = self._job_calls.get(run_job)
+        if call is None:
+            call = compose(self, self.hooks.wrap(run_job))
+            _remember(self._job_calls, run_job, call)
+        return call
+
+    def enqueue_call(self, write: EnqueueNext) -> EnqueueNext:
+        """The enqueue side around ``write``; ``write`` itself when no layer wraps enqueues, so
+        a caller can skip building an :class:`EnqueueContext` (``call is write``)."""
+        call = self._enqueue_calls.get(write)
+        if call is None:
+            call = compose_enqueue(self, write)
+            _remember(self._enqueue_calls, write, call)
+        return call
+
+    # -- hooks: the innermost layer ------------------------------------------------------
+    def add_hook(self, event: HookEvent, func: Hook) -> None:
+        """Register a user hook (``@app.before_job`` and friends call this); runs after the
+        hooks already registered for ``event``."""
+        if event not in HOOK_EVENTS:
+            raise ValueError(f"No hook event {event!r}; the events are {', '.join(HOOK_EVENTS)}")
+        self.hooks.add(event, func)
+        self._rebuild()
 
     # -- decorator form: @app.middleware -------------------------------------------------
     def __call__(
@@ -156,7 +197,7 @@ class MiddlewareChain:
             self._items.append(mw)
         else:
             self._items[at] = mw
-        self._changed()
+        self._rebuild()
 
     def add_builtin(self, middleware: Middleware) -> None:
         """Place a telemetry layer at the front, in the fixed built-in order; idempotent."""
@@ -171,7 +212,7 @@ class MiddlewareChain:
         ):
             index += 1
         self._items.insert(index, middleware)
-        self._changed()
+        self._rebuild()
 
     def insert_before(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
         """Put ``middleware`` just outside ``ref`` (a layer, its class or its function)."""
@@ -183,7 +224,7 @@ class MiddlewareChain:
 
     def remove(self, ref: MiddlewareRef) -> None:
         del self._items[self._index(ref)]
-        self._changed()
+        self._rebuild()
 
     def replace(self, ref: MiddlewareRef, middleware: MiddlewareLike) -> None:
         mw = _coerce(middleware)
@@ -192,7 +233,7 @@ class MiddlewareChain:
         if other is not None and other != index:
             raise ValueError(f"{mw!r} is already in the chain at position {other}")
         self._items[index] = mw
-        self._changed()
+        self._rebuild()
 
     def __iter__(self) -> Iterator[Middleware]:
         return iter(list(self._items))
@@ -215,7 +256,7 @@ class MiddlewareChain:
             if existing < index:
                 index -= 1
         self._items.insert(index, mw)
-        self._changed()
+        self._rebuild()
 
     def _find(self, key: object) -> int | None:
         for i, item in enumerate(self._items):
@@ -229,8 +270,11 @@ class MiddlewareChain:
             raise ValueError(f"{ref!r} is not in the middleware chain")
         return found
 
-    def _changed(self) -> None:
-        self.version += 1
+    def _rebuild(self) -> None:
+        # What was compiled from the old list is dropped; the next request builds anew (callers
+        # that already hold the old callable finish their attempt or enqueue with it).
+        self._job_calls.clear()
+        self._enqueue_calls.clear()
 
     def report_telemetry_error(self, middleware: Middleware, error: BaseException) -> None:
         logger.warning("Telemetry middleware %r failed: %r", middleware, error)
@@ -239,6 +283,12 @@ class MiddlewareChain:
                 listener(middleware, error)
             except Exception:  # a broken listener must not break the report
                 logger.exception("Telemetry error listener failed")
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _MAX_BUILT:
+        del cache[next(iter(cache))]  # the oldest entry
+    cache[key] = value
 
 
 def _key_of(ref: object) -> object:
@@ -267,7 +317,8 @@ def _coerce(middleware: MiddlewareLike) -> Middleware:
 
 
 def compose(chain: MiddlewareChain, innermost: CallNext) -> CallNext:
-    """Fold the middlewares around ``innermost`` (the hooks layer and the job).
+    """Fold the middlewares around ``innermost`` (the hooks layer and the job); what
+    :meth:`MiddlewareChain.job_call` builds and keeps.
 
     Every step settles the attempt's outcome as an exception or a result passes through it,
     so each outer layer sees ``ctx.outcome`` already decided.

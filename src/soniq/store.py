@@ -16,6 +16,7 @@ from . import sql
 from .database import mask_url
 from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
 from .middleware import PendingJob
+from .queue_state import QueueState
 
 if TYPE_CHECKING:
     from .middleware import Connection
@@ -386,6 +387,34 @@ class Store:
 
     async def queue_status(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.fetch(sql.QUEUE_STATUS)]
+
+    # -- for plugins, public through Soniq.queue_state and Soniq.fleet_role ------------------
+    async def queue_state(self, lease_seconds: float) -> QueueState:
+        return QueueState.from_rows(await self.fetch(sql.QUEUE_METRICS, lease_seconds))
+
+    async def hold_advisory_lock(self, key: int) -> asyncpg.Connection[Any] | None:
+        """A connection of its own holding the session advisory lock ``key``, or None when
+        another session holds it. Probed through the pool first, so that a process that does
+        not get the lock opens no connection (a pooled one cannot be kept: the pool's close()
+        would wait for it forever)."""
+        pool = await self.pool()
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as probe:
+                if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, key):
+                    return None
+                await probe.fetchval(sql.ADVISORY_UNLOCK, key)
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        conn = await self.connect()
+        try:
+            won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, key)
+        except BaseException:
+            conn.terminate()
+            raise
+        if not won:
+            await conn.close()
+            return None
+        return conn
 
 
 def _ready_plain(job: PendingJob) -> bool:

@@ -32,7 +32,7 @@ from . import sql
 from .context import AttemptContext
 from .errors import ConfigurationError
 from .executor import JobExecutor
-from .middleware import CallNext, Middleware, compose
+from .middleware import CallNext, Middleware
 from .registry import compact_json
 from .store import (
     BAD_DATA_ERRORS,
@@ -119,7 +119,6 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
-        self._chain_version = -1
         self._call: CallNext = self._executor
         queue_filter = (
             sql.QUEUE_FILTER_ALL
@@ -400,10 +399,8 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     def _refresh_chain(self) -> None:
-        chain = self.app.middleware
-        if chain.version != self._chain_version:
-            self._chain_version = chain.version
-            self._call = compose(chain, self.app.hooks.wrap(self._executor))
+        # The chain compiles itself once per edit; between edits this is one dict lookup.
+        self._call = self.app.middleware.job_call(self._executor)
 
     async def _after_outage(self) -> bool:
         """Release the claims a lost response may have left us holding; False to try again

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from soniq.instrumentation import config_from, install_layer
+
 from . import attributes
 from .attributes import PREVIOUS_ATTEMPT_KEY
 from .config import OtelConfig
@@ -30,24 +32,14 @@ __all__ = [
 
 
 def install(app: Soniq, config: OtelConfig | Mapping[str, Any] | None = None) -> TracingMiddleware:
-    """Add the tracing layer to ``app`` (what ``app.instrument(otel=...)`` calls).
+    """Add the tracing layer to ``app`` (what ``app.instrument(otel=...)`` calls, found through
+    the ``soniq.instrumentations`` entry point ``otel``); returns the layer in the chain.
 
-    Installing again with no config changes nothing; with a different config, it replaces the
-    layer in place (as ``soniq.logs`` does).
+    Installing again with no config, or an equal one, changes nothing; a different config
+    replaces the layer in place, refused while a worker of the app runs (the rule of
+    :func:`soniq.instrumentation.install_layer`, shared by every instrumentation).
     """
-    if isinstance(config, Mapping):
-        config = OtelConfig(**config)
-    elif config is not None and not isinstance(config, OtelConfig):
-        raise TypeError(
-            f"otel= takes True, a soniq_otel.OtelConfig or a dict of its options, not {config!r}"
-        )
-    for layer in app.middleware:
-        if isinstance(layer, TracingMiddleware):
-            if config is None or config == layer.config:
-                return layer
-            replacement = TracingMiddleware(config)
-            app.middleware.replace(TracingMiddleware, replacement)
-            return replacement
-    layer = TracingMiddleware(config)
-    app.middleware.add_builtin(layer)
-    return layer
+    wanted = config_from(OtelConfig, config, "otel")
+    return install_layer(
+        app, TracingMiddleware, wanted, TracingMiddleware, config_of=lambda layer: layer.config
+    )

@@ -9,7 +9,10 @@ framework by :func:`render`. See docs/metrics.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from soniq.instrumentation import config_from, install_layer, installed
 
 try:
     import prometheus_client  # noqa: F401
@@ -39,36 +42,49 @@ __all__ = [
     "metrics_of",
     "render",
     "render_async",
+    "serve_process_group",
 ]
 
 
-def install(app: Soniq, config: PrometheusConfig | Any = None) -> PrometheusMetrics:
-    """Add the metrics layer to ``app`` (what ``app.instrument(prometheus=...)`` calls).
+def install(
+    app: Soniq, config: PrometheusConfig | Mapping[str, Any] | None = None
+) -> PrometheusMetrics:
+    """Add the metrics layer to ``app`` (what ``app.instrument(prometheus=...)`` calls, found
+    through the ``soniq.instrumentations`` entry point ``prometheus``); returns the layer.
 
-    Installing again with no config, or the same one, changes nothing; with a different
-    config, a new layer (with new, zeroed metrics) replaces the old one in place, as the
-    tracing and log layers do. That is refused once a worker runs with the old one.
+    Installing again with no config, or an equal one, changes nothing; a different config
+    replaces the layer in place (with new, zeroed metrics), refused while a worker of the app
+    runs (the rule of :func:`soniq.instrumentation.install_layer`, shared by every
+    instrumentation).
     """
-    wanted = PrometheusConfig.of(config)
-    existing = metrics_of(app)
-    if existing is not None:
-        if config is None or config is True or wanted == existing.config:
-            return existing
-        existing.unregister()
-        layer = PrometheusMetrics(app, wanted)
-        app.middleware.replace(PrometheusMetrics, layer)
-        listeners = app.middleware.telemetry_error_listeners
-        listeners[listeners.index(existing.count_telemetry_error)] = layer.count_telemetry_error
+    wanted = config_from(PrometheusConfig, config, "prometheus")
+    listeners = app.middleware.telemetry_error_listeners
+
+    def build(cfg: PrometheusConfig | None) -> PrometheusMetrics:
+        layer = PrometheusMetrics(app, cfg)
+        listeners.append(layer.count_telemetry_error)
         return layer
-    layer = PrometheusMetrics(app, wanted)
-    app.middleware.add_builtin(layer)
-    app.middleware.telemetry_error_listeners.append(layer.count_telemetry_error)
-    return layer
+
+    def retire(old: PrometheusMetrics) -> None:
+        old.unregister()  # its metrics leave the registry, so the new ones can take the names
+        listeners.remove(old.count_telemetry_error)
+
+    return install_layer(
+        app,
+        PrometheusMetrics,
+        wanted,
+        build,
+        config_of=lambda layer: layer.config,
+        retire=retire,
+    )
 
 
 def metrics_of(app: Soniq) -> PrometheusMetrics | None:
     """The metrics layer installed on ``app``, if any."""
-    for layer in app.middleware:
-        if isinstance(layer, PrometheusMetrics):
-            return layer
-    return None
+    return installed(app, PrometheusMetrics)
+
+
+def serve_process_group(app: Soniq, host: str, port: int) -> ProcessGroupExporter:
+    """Serve the metrics of ``soniq worker --processes N`` from this (parent) process: what the
+    CLI calls, through this package's ``prometheus`` entry point, when a metrics port is set."""
+    return ProcessGroupExporter(app, host, port)

@@ -40,9 +40,10 @@ class Exposition(NamedTuple):
 
 def source_of(target: Any) -> MetricsSource:
     """A Soniq app with metrics installed, or a source itself."""
-    if hasattr(target, "registry") and hasattr(target, "queue_state"):
-        return target  # type: ignore[no-any-return]
+    # The app first: it has a registry and a queue_state too (of jobs, not of collectors).
     chain = getattr(target, "middleware", None)
+    if chain is None and hasattr(target, "registry") and hasattr(target, "queue_state"):
+        return target  # type: ignore[no-any-return]
     if chain is not None:
         from .middleware import PrometheusMetrics
 

@@ -1,10 +1,10 @@
 """Queue-state gauges read from PostgreSQL when scraped: jobs per queue and state, the age of
 the oldest ready job, and live workers.
 
-One statement (``sql.QUEUE_METRICS``), its result reused for ``queue_state_ttl`` seconds so that
-many scrapers cost one query. In a fleet only the process holding a PostgreSQL advisory lock
-reports, so ``sum()`` over every scraped process counts each job once; the lock is held on a
-connection of its own and goes with it when the process dies.
+Read through the app's public API only: ``app.queue_state()`` (one cheap statement), its result
+reused for ``queue_state_ttl`` seconds so that many scrapers cost one query. In a fleet only the
+process holding the fleet role ``REPORTER_ROLE`` (``app.fleet_role``) reports, so ``sum()`` over
+every scraped process counts each job once; the role goes with its process when that dies.
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from soniq import sql
+from soniq.queue_state import STATES, QueueState
 
 if TYPE_CHECKING:
-    import asyncpg
+    from soniq import FleetRole, Soniq
 
-    from soniq import Soniq
-
-STATES = ("ready", "scheduled", "processing", "dead_letter")
+#: The fleet role whose holder reports the queue state (see ``app.fleet_role``).
+REPORTER_ROLE = "soniq_prom.queue_state_reporter"
 
 _JOBS_HELP = (
     "Jobs in PostgreSQL per queue and state: ready (due, waiting for a worker), scheduled "
@@ -51,23 +50,16 @@ class QueueSnapshot:
 
 
 def build_snapshot(
-    rows: Iterable[Any], known_queues: Iterable[str], cap: int, overflow: str, taken_at: float
+    state: QueueState, known_queues: Iterable[str], cap: int, overflow: str, taken_at: float
 ) -> QueueSnapshot:
-    """Turn QUEUE_METRICS rows into per-queue gauges; every queue gets all four states, and
+    """Turn ``app.queue_state()`` into per-queue gauges; every queue gets all four states, and
     queues past ``cap`` are summed into ``overflow`` so totals stay exact."""
     counts: dict[str, dict[str, int]] = {}
     ages: dict[str, float] = {}
-    workers = 0
-    for row in rows:
-        state = row["state"]
-        if state == "workers_live":
-            workers = int(row["jobs"])
-            continue
-        queue = row["queue"]
-        counts.setdefault(queue, dict.fromkeys(STATES, 0))[state] = int(row["jobs"])
-        age = row["oldest_ready_age_s"]
-        if state == "ready" and age is not None:
-            ages[queue] = max(0.0, float(age))
+    for count in state.counts:
+        counts.setdefault(count.queue, dict.fromkeys(STATES, 0))[count.state] = count.jobs
+        if count.state == "ready" and count.oldest_ready_age_s is not None:
+            ages[count.queue] = max(0.0, count.oldest_ready_age_s)
     known = sorted(set(known_queues))
     for queue in known:
         counts.setdefault(queue, dict.fromkeys(STATES, 0))
@@ -80,10 +72,10 @@ def build_snapshot(
     oldest: dict[str, float] = {}
     for queue in order:
         label = queue if queue in own else overflow
-        for state, n in counts[queue].items():
-            jobs[(label, state)] = jobs.get((label, state), 0) + n
+        for name, n in counts[queue].items():
+            jobs[(label, name)] = jobs.get((label, name), 0) + n
         oldest[label] = max(oldest.get(label, 0.0), ages.get(queue, 0.0))
-    return QueueSnapshot(jobs, oldest, workers, taken_at)
+    return QueueSnapshot(jobs, oldest, state.workers_live, taken_at)
 
 
 class QueueStateCollector:
@@ -112,7 +104,7 @@ class QueueStateCollector:
         self.idle_release = max(120.0, 10 * ttl)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
-        self._conn: asyncpg.Connection[Any] | None = None
+        self._role: FleetRole = app.fleet_role(REPORTER_ROLE)
         self._release: asyncio.TimerHandle | None = None
         self._background: asyncio.Task[None] | None = None
         self._snapshot: QueueSnapshot | None = None
@@ -150,7 +142,7 @@ class QueueStateCollector:
     # -- refreshing ----------------------------------------------------------------------
     @property
     def is_leader(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
+        return self._role.held
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Do the database work on ``loop`` from now on."""
@@ -212,40 +204,15 @@ class QueueStateCollector:
                 self._checked_at = time.monotonic()
 
     async def _query(self) -> None:
-        if not await self._lead():
+        if not await self._role.try_take():
             self._snapshot = None
             return
-        assert self._conn is not None
         self.queries += 1
-        rows = await self._conn.fetch(sql.QUEUE_METRICS, self._app.settings.lease_seconds)
+        state = await self._app.queue_state()
         self._snapshot = build_snapshot(
-            rows, self._known_queues(), self._max_queues, self._overflow, time.monotonic()
+            state, self._known_queues(), self._max_queues, self._overflow, time.monotonic()
         )
         self._schedule_release()
-
-    async def _lead(self) -> bool:
-        if self.is_leader:
-            return True
-        self._conn = None
-        # Probe through the pool first, so that processes which are not the reporter hold no
-        # connection of their own.
-        pool = await self._app.pool()
-        async with pool.acquire() as probe:
-            if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, sql.METRICS_LEADER_LOCK_KEY):
-                return False
-            await probe.fetchval(sql.ADVISORY_UNLOCK, sql.METRICS_LEADER_LOCK_KEY)
-        # A pooled connection cannot be kept: the pool's close() would wait for it forever.
-        conn = await self._app._store.connect()
-        try:
-            won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, sql.METRICS_LEADER_LOCK_KEY)
-        except BaseException:
-            conn.terminate()
-            raise
-        if not won:
-            await conn.close()
-            return False
-        self._conn = conn
-        return True
 
     def _schedule_release(self) -> None:
         if self._release is not None:
@@ -261,12 +228,7 @@ class QueueStateCollector:
             self._snapshot = None
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), 2.0)
-            except Exception:
-                conn.terminate()
+        await self._role.release()
 
     async def close(self) -> None:
         """Give up the reporter role (if held); a later scrape may take it again."""
@@ -286,10 +248,7 @@ class QueueStateCollector:
         if self._release is not None:
             self._release.cancel()
             self._release = None
-        if self._conn is not None:
-            with contextlib.suppress(Exception):  # its loop may be closed already
-                self._conn.terminate()
-            self._conn = None
+        self._role.abandon()
         self._lock = None
         self._background = None
         self._snapshot = None

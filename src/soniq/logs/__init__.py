@@ -8,7 +8,10 @@ handler. See docs/logs.md for every event and field.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from soniq.instrumentation import config_from, install_layer
 
 from .context_filter import JobContextFilter, attach_context_filter, trace_ids
 from .formatter import JsonFormatter, TextFormatter
@@ -22,6 +25,9 @@ from .middleware import (
     LogConfig,
     LogMiddleware,
 )
+
+if TYPE_CHECKING:
+    from soniq.app import Soniq
 
 __all__ = [
     "JOB_DEAD_LETTER",
@@ -44,21 +50,21 @@ __all__ = [
 FORMATS = ("text", "json")
 
 
-def install(app: Any, config: LogConfig | None = None) -> None:
-    """Add the log layer to ``app`` (what ``app.instrument(logs=...)`` calls).
+def install(app: Soniq, config: LogConfig | Mapping[str, Any] | None = None) -> LogMiddleware:
+    """Add the log layer to ``app`` (what ``app.instrument(logs=...)`` calls, found through
+    the ``soniq.instrumentations`` entry point ``logs``); returns the layer in the chain.
 
-    Installing again with no config changes nothing; with a config, it replaces the layer's
-    options in place.
+    Installing again with no config, or an equal one, changes nothing; a different config
+    replaces the layer in place, refused while a worker of the app runs (the rule of
+    :func:`soniq.instrumentation.install_layer`, shared by every instrumentation).
     """
-    if config is not None and not isinstance(config, LogConfig):
-        raise TypeError(f"logs= takes True or a soniq.logs.LogConfig, not {config!r}")
-    layer = LogMiddleware(config)
-    if config is not None and LogMiddleware in app.middleware:
-        app.middleware.replace(LogMiddleware, layer)
-    else:
-        app.middleware.add_builtin(layer)
+    wanted = config_from(LogConfig, config, "logs")
+    layer = install_layer(
+        app, LogMiddleware, wanted, LogMiddleware, config_of=lambda layer: layer.config
+    )
     if layer.config.attach_context_filter:
         attach_context_filter()
+    return layer
 
 
 def configure_logging(fmt: str, level: str | int) -> None:
