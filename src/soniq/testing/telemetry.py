@@ -173,7 +173,8 @@ class Telemetry:
         assert layer is not None
 
         def uninstall() -> None:
-            layer.unregister()
+            # The registry is this capture's own: its collectors stay, to be read after the
+            # block.
             app.middleware.remove(layer)
             listeners = app.middleware.telemetry_error_listeners
             if layer.count_telemetry_error in listeners:
