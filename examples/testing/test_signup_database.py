@@ -21,7 +21,7 @@ async def test_the_jobs_run_from_the_database(db_app: Soniq, mailer: Mailer) -> 
 async def test_a_day_later_the_nudge_goes_out(
     db_app: Soniq, mailer: Mailer, soniq_clock: Clock
 ) -> None:
-    soniq_clock.attach(db_app)  # advance moves this database's time too
+    # soniq_clock moves soniq_database's time too (attach another app's with .attach(app)).
     await sign_up(db_app, user_id=2, email="bo@example.com")
     await drain(db_app)
 

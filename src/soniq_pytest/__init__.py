@@ -7,7 +7,8 @@ fixtures runs exactly as without it. The fixtures' work lives in :mod:`soniq.tes
 - ``soniq_database``: the URL of a database with the Soniq schema and no data, emptied before
   each test. The server: ``SONIQ_TEST_DATABASE_URL``, else 127.0.0.1:5432 as ``postgres``, else
   an embedded server (``soniq[embedded]``); one database per test session, dropped at its end.
-- ``soniq_clock``: a :class:`soniq.testing.Clock`, back on real time after the test.
+- ``soniq_clock``: a :class:`soniq.testing.Clock`, back on real time after the test; with
+  ``soniq_database`` in the same test, that database's time follows it.
 - ``soniq_postgres_server``: the server's admin URL (session-wide).
 """
 
@@ -51,10 +52,12 @@ def soniq_database(soniq_session_database: str) -> str:
 
 
 @pytest.fixture
-def soniq_clock() -> Iterator[Clock]:
-    """A clock the test moves with ``await soniq_clock.advance(seconds)``; attach an app
-    (``soniq_clock.attach(app)``) for its database to follow."""
+def soniq_clock(request: pytest.FixtureRequest) -> Iterator[Clock]:
+    """A clock the test moves with ``await soniq_clock.advance(seconds)``. In a test that uses
+    ``soniq_database`` that database follows; attach any other app's with ``.attach(app)``."""
     from soniq.testing import Clock
 
     with Clock() as clock:
+        if "soniq_database" in request.fixturenames:
+            clock.attach(request.getfixturevalue("soniq_database"))
         yield clock

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from .. import clock
 from ..errors import ConfigurationError
@@ -26,16 +26,25 @@ class Clock:
     :meth:`attach`); inline and capture need none. :meth:`reset` (or leaving a ``with``
     block, or the ``soniq_clock`` fixture's end) puts the Python side back on real time."""
 
-    def __init__(self, *apps: Soniq) -> None:
+    def __init__(self, *attached: Soniq | str) -> None:
         self._apps: list[Soniq] = []
-        for app in apps:
-            self.attach(app)
+        self._urls: list[str] = []
+        for target in attached:
+            self.attach(target)
 
-    def attach(self, app: Soniq) -> Soniq:
-        """Make ``advance`` move time in ``app``'s database too; returns the app."""
-        if app not in self._apps:
-            self._apps.append(app)
-        return app
+    @overload
+    def attach(self, target: Soniq) -> Soniq: ...
+    @overload
+    def attach(self, target: str) -> str: ...
+    def attach(self, target: Soniq | str) -> Soniq | str:
+        """Make ``advance`` move time in a database too: an app's, or one given by its URL
+        (the ``soniq_clock`` fixture attaches ``soniq_database`` by itself). Returns it."""
+        if isinstance(target, str):
+            if target not in self._urls:
+                self._urls.append(target)
+        elif target not in self._apps:
+            self._apps.append(target)
+        return target
 
     def now(self) -> datetime:
         return clock.now()
@@ -63,14 +72,17 @@ class Clock:
                 f"a clock only moves forward"
             )
         clock.advance(float(seconds))
-        shifted: set[str] = set()
+        shifted: set[str] = set()  # two apps on one database: its times move once
         for app in self._apps:
             await app.pool()  # resolves the URL (and starts an embedded server if that is it)
             url = app._store.url
-            if url is None or url in shifted:
-                continue  # two apps on one database: its times move once
-            shifted.add(url)
-            await app._store.shift_times(float(seconds))
+            if url is not None and url not in shifted:
+                shifted.add(url)
+                await app._store.shift_times(float(seconds))
+        for url in self._urls:
+            if url not in shifted:
+                shifted.add(url)
+                await _shift(url, float(seconds))
 
     def reset(self) -> None:
         """Python-side time back to real time (stored times are not moved back)."""
@@ -86,3 +98,13 @@ class Clock:
         tb: TracebackType | None,
     ) -> None:
         self.reset()
+
+
+async def _shift(url: str, seconds: float) -> None:
+    from ..app import Soniq
+
+    app = Soniq(url)
+    try:
+        await app._store.shift_times(seconds)
+    finally:
+        await app.close()

@@ -47,6 +47,7 @@ async def _reachable(url: str) -> bool:
 def find_server() -> tuple[str, str]:
     """``(admin URL, where it came from)`` for the server tests make their databases on."""
     from ..database import check_url, embedded_url
+    from ..errors import ConfigurationError
 
     env = os.environ.get("SONIQ_TEST_DATABASE_URL")
     if env:
@@ -54,7 +55,15 @@ def find_server() -> tuple[str, str]:
     if _run(_reachable(LOCAL_SERVER)):
         return LOCAL_SERVER, "127.0.0.1:5432"
     folder = Path(os.environ.get("SONIQ_TEST_PGDATA") or Path(tempfile.gettempdir()) / "soniq-pg")
-    return embedded_url(folder), f"embedded server in {folder}"
+    try:
+        return embedded_url(folder), f"embedded server in {folder}"
+    except ConfigurationError:
+        raise ConfigurationError(
+            "No PostgreSQL for the tests: SONIQ_TEST_DATABASE_URL is not set, nothing answers "
+            "on 127.0.0.1:5432 as user postgres, and the embedded server is not installed. "
+            "Set SONIQ_TEST_DATABASE_URL=postgresql://user@host/db (a user that may create "
+            "databases), start a local server, or pip install 'soniq[embedded]'"
+        ) from None
 
 
 def with_database(url: str, name: str) -> str:
