@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from soniq import (
+    AttemptContext,
+    CallNext,
     ConfigurationError,
     EnqueueContext,
     EnqueueNext,
@@ -16,7 +18,7 @@ from soniq import (
     Soniq,
     UnknownJobError,
 )
-from soniq.testing import Clock, DrainLimitExceeded, capture
+from soniq.testing import Clock, DrainLimitExceeded, OutcomeName, capture, drain
 
 NO_DATABASE = "postgresql://nobody@127.0.0.1:9/none"
 
@@ -168,3 +170,35 @@ async def test_connection_is_refused_with_the_reason(app: Soniq) -> None:
 async def test_an_unregistered_job_in_an_assertion_names_the_fix(app: Soniq) -> None:
     with capture(app) as jobs, pytest.raises(UnknownJobError, match="No job named 'nope'"):
         jobs.assert_enqueued("nope")
+
+
+async def test_a_database_drain_under_capture_points_to_the_blocks_own(app: Soniq) -> None:
+    with capture(app), pytest.raises(ConfigurationError, match=r"`await jobs\.drain\(\)`"):
+        await drain(app)
+
+
+@pytest.mark.parametrize("fate", ["snoozed", "cancelled"])
+async def test_outcomes_settled_as_snoozed_or_cancelled_are_reported_as_such(
+    app: Soniq, fate: OutcomeName
+) -> None:
+    """Snoozing and cancelling a running job settle these fates in the chain (job control);
+    the kit reports them, and puts a snoozed job back for its delay."""
+
+    class Settle(Middleware):
+        async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+            try:
+                return await call_next(ctx)
+            except Boom as exc:
+                ctx.outcome, ctx.error, ctx.retry_delay = fate, exc, 5.0
+                raise
+
+    @app.job(name="settles")
+    async def settles() -> None:
+        raise Boom(fate)
+
+    app.middleware.add(Settle)
+    with capture(app) as jobs:
+        await app.enqueue(settles)
+        [outcome] = await jobs.drain()
+    assert (outcome.outcome, str(outcome.error)) == (fate, fate)
+    assert [j.job_name for j in jobs.pending] == (["settles"] if fate == "snoozed" else [])

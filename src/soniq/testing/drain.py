@@ -15,7 +15,7 @@ from ..context import AttemptContext, current_attempt
 from ..errors import ConfigurationError
 from ..middleware import CallNext, EnqueueContext, EnqueueNext, Middleware
 from .attempts import outcome_of
-from .memory import DEFAULT_MAX_RUNS
+from .memory import DEFAULT_MAX_RUNS, HeldJobs
 from .outcomes import DrainLimitExceeded, Outcomes
 
 if TYPE_CHECKING:
@@ -85,6 +85,13 @@ async def drain(
     """
     if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
         raise ConfigurationError(f"max_runs must be an int >= 1, not {max_runs!r}")
+    held = getattr(app.writer, "__self__", None)
+    if isinstance(held, HeldJobs):
+        raise ConfigurationError(
+            f"soniq.testing.drain(app) runs the jobs in the database, but this app is under "
+            f"soniq.testing.{held.mode}(), which keeps its jobs in memory: use "
+            f"`await {'run' if held.mode == 'inline' else 'jobs'}.drain()` of that block instead"
+        )
     if any(isinstance(layer, OutcomeRecorder) for layer in app.middleware):
         raise ConfigurationError(
             "soniq.testing.drain(app) is already running on this app; await the first one"
