@@ -189,3 +189,28 @@ async def test_one_mode_at_a_time_and_the_database_writer_comes_back(app: Soniq)
         with pytest.raises(ConfigurationError, match=r"already under soniq\.testing\.inline"):
             inline(app).__enter__()
     assert app.writer == database_writer
+
+
+async def test_a_snoozed_job_is_held_for_its_delay_not_rerun_at_once(
+    app: Soniq, clock: Clock
+) -> None:
+    """Job control settles ``snoozed`` with a delay in the chain; inline waits it out."""
+
+    @app.middleware
+    async def snooze(ctx: AttemptContext, call_next: CallNext) -> Any:
+        try:
+            return await call_next(ctx)
+        except Boom as exc:
+            ctx.outcome, ctx.error, ctx.retry_delay = "snoozed", exc, 30.0
+            raise
+
+    @app.job(name="sleepy")
+    async def sleepy() -> None:
+        raise Boom("later")
+
+    with inline(app) as run:
+        await app.enqueue(sleepy)
+        assert [o.outcome for o in run.outcomes] == ["snoozed"]
+        assert [j.job_name for j in run.scheduled] == ["sleepy"]
+        await clock.advance(30)
+        assert [o.outcome for o in await run.drain()] == ["snoozed"]

@@ -120,8 +120,9 @@ class HeldJobs:
                     self.outcomes.append(outcome)
                     if not self._hold_again(job, outcome, retry_at_once):
                         break
-                    if not retry_at_once or len(ran) >= max_runs:
-                        self.pending.append(job)
+                    at_once = retry_at_once and outcome.outcome == "retry"
+                    if not at_once or len(ran) >= max_runs:
+                        self.pending.append(job)  # due when _hold_again said
                         break
         finally:
             _running.reset(token)
