@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 
@@ -122,54 +122,46 @@ class Telemetry:
             self._undo.pop()()
 
     def _capture_spans(self) -> None:
+        otel = _plugin("otel", "spans", "soniq[otel]")
         try:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import SimpleSpanProcessor
             from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
                 InMemorySpanExporter,
             )
-
-            from soniq_otel import OtelConfig, TracingMiddleware
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"capture_telemetry(spans=True) needs the OpenTelemetry SDK ({exc}): "
-                f"pip install 'soniq[otel]', or pass spans=False"
-            ) from None
+        except ImportError as exc:  # pragma: no cover - the otel plugin needs the SDK too
+            raise _missing("spans", "soniq[otel]", exc) from None
         self._exporter = InMemorySpanExporter()
         provider = TracerProvider()
         # Simple, not batched: a span is collected the moment it ends, so tests need no flush.
         provider.add_span_processor(SimpleSpanProcessor(self._exporter))
         self.tracer_provider = provider
         app = self.app
-        layer = next((m for m in app.middleware if isinstance(m, TracingMiddleware)), None)
+        kind = otel.TracingMiddleware
+        layer = next((m for m in app.middleware if isinstance(m, kind)), None)
         if layer is None:
-            app.instrument(otel=OtelConfig(tracer_provider=provider))
-            self._undo.append(lambda: app.middleware.remove(TracingMiddleware))
+            app.instrument(otel={"tracer_provider": provider})
+            self._undo.append(lambda: app.middleware.remove(kind))
         else:
+            # The app's own tracing options stay in force; only where spans go changes.
             before = layer.config
             app.instrument(otel=dataclasses.replace(before, tracer_provider=provider))
             self._undo.append(lambda: app.instrument(otel=before))
         self._undo.append(provider.shutdown)
 
     def _capture_metrics(self) -> None:
-        try:
-            from prometheus_client import CollectorRegistry
+        prom = _plugin("prometheus", "metrics", "soniq[prometheus]")
+        from prometheus_client import CollectorRegistry  # present: the plugin needs it
 
-            from soniq_prom import PrometheusConfig, metrics_of
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"capture_telemetry(metrics=True) needs prometheus_client ({exc}): "
-                f"pip install 'soniq[prometheus]', or pass metrics=False"
-            ) from None
         app = self.app
-        existing = metrics_of(app)
+        existing = prom.metrics_of(app)
         if existing is not None:
             self.registry = existing.registry  # counts since the layer was installed
             return
         self.registry = CollectorRegistry()
         # No queue-state gauges: they query the database, which inline and capture lack.
-        app.instrument(prometheus=PrometheusConfig(registry=self.registry, queue_state=False))
-        layer = metrics_of(app)
+        app.instrument(prometheus={"registry": self.registry, "queue_state": False})
+        layer = prom.metrics_of(app)
         assert layer is not None
 
         def uninstall() -> None:
@@ -219,3 +211,21 @@ def capture_telemetry(
     :class:`Telemetry` for what to read. Needs ``soniq[otel]`` for spans and
     ``soniq[prometheus]`` for metrics (pass False to go without)."""
     return Telemetry(app, spans=spans, metrics=metrics, logs=logs)
+
+
+def _plugin(name: str, what: str, extra: str) -> Any:
+    """The instrumentation ``name`` (a module with ``install``), found through its entry point
+    as ``app.instrument`` finds it: the core, the kit included, imports no plugin."""
+    from ..instrumentation import find, load
+
+    try:
+        return load(find([name])[name])
+    except ImportError as exc:
+        raise _missing(what, extra, exc) from None
+
+
+def _missing(what: str, extra: str, exc: BaseException) -> ConfigurationError:
+    return ConfigurationError(
+        f"capture_telemetry({what}=True) needs {extra} ({exc}): pip install '{extra}', or pass "
+        f"{what}=False"
+    )
