@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from soniq import Backoff, JobTimeout, Soniq
+from soniq.testing import Clock, Outcomes, drain
 from tests.support.waiting import running_worker, wait_status, wait_until
 
 
@@ -101,7 +102,8 @@ async def test_get_job_fields(app: Soniq) -> None:
         return {"sum": a + b}
 
     job_id = await app.enqueue("t.add", a=2, b=3)
-    await app.run_worker(run_once=True, install_signal_handlers=False)
+    outcomes = await drain(app)
+    assert [(o.job_id, o.outcome, o.result) for o in outcomes] == [(job_id, "done", {"sum": 5})]
     job = await app.get_job(job_id)
     assert job is not None
     expected = {
@@ -144,7 +146,9 @@ async def test_cancel_queued_job(app: Soniq) -> None:
     assert row is not None and row["status"] == "cancelled"
 
 
-async def test_retries_until_max_then_dead_letter_with_traceback(app: Soniq) -> None:
+async def test_retries_until_max_then_dead_letter_with_traceback(
+    app: Soniq, soniq_clock: Clock
+) -> None:
     attempts: list[int] = []
 
     @app.job(max_retries=2, retry_backoff=0.05)
@@ -153,8 +157,14 @@ async def test_retries_until_max_then_dead_letter_with_traceback(app: Soniq) -> 
         raise ValueError("nope")
 
     job_id = await app.enqueue(flaky)
-    async with running_worker(app):
-        job = await wait_status(app, job_id, "dead_letter")
+    soniq_clock.attach(app)
+    outcomes = Outcomes()
+    for _ in range(3):  # each drain runs what is due; the clock brings the next retry due
+        outcomes += await drain(app)
+        await soniq_clock.advance(1)
+    assert [o.outcome for o in outcomes] == ["retry", "retry", "dead_letter"]
+    job = await app.get_job(job_id)
+    assert job is not None and job["status"] == "dead_letter"
     assert attempts == [1, 2, 3]
     assert job["attempts"] == 3 == job["max_attempts"]
     assert job["last_error"] == "ValueError: nope"
@@ -162,7 +172,7 @@ async def test_retries_until_max_then_dead_letter_with_traceback(app: Soniq) -> 
     assert job["finished_at"] is not None
 
 
-async def test_success_after_a_retry(app: Soniq) -> None:
+async def test_success_after_a_retry(app: Soniq, soniq_clock: Clock) -> None:
     calls = 0
 
     @app.job(retry_backoff=0.05)
@@ -174,9 +184,13 @@ async def test_success_after_a_retry(app: Soniq) -> None:
         return "ok"
 
     job_id = await app.enqueue(once_broken)
-    async with running_worker(app):
-        job = await wait_status(app, job_id, "done")
-    assert job["attempts"] == 2 and job["result"] == "ok"
+    soniq_clock.attach(app)
+    outcomes = await drain(app)
+    await soniq_clock.advance(1)  # the retry's backoff
+    outcomes += await drain(app)
+    assert [(o.attempt, o.outcome) for o in outcomes] == [(1, "retry"), (2, "done")]
+    job = await app.get_job(job_id)
+    assert job is not None and job["attempts"] == 2 and job["result"] == "ok"
     assert job["last_error"] == "RuntimeError: transient"  # kept for inspection
 
 

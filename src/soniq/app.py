@@ -59,6 +59,8 @@ class Soniq:
         # One bound method for the app's life: the chain's compiled enqueue side is keyed on it,
         # and handed back as is when no layer wraps enqueues (the fast path below).
         self._write_call: EnqueueNext = self._write
+        # What the enqueue side ends in: the database writer, or one soniq.testing sets.
+        self._writer: EnqueueNext = self._write_call
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -188,8 +190,8 @@ class Soniq:
         """Write one job; returns its id. With ``connection=``, inside the caller's transaction."""
         spec = self._spec_of(job)
         pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
-        call = self.middleware.enqueue_call(self._write_call)
-        if call is self._write_call:  # no enqueue middleware: no context to build
+        call = self.middleware.enqueue_call(self._writer)
+        if call is self._write_call:  # no enqueue middleware, the database writer: no context
             await self._store.insert((pending,), connection)
         else:
             await call(EnqueueContext([pending], batch=False, connection=connection))
@@ -221,7 +223,7 @@ class Soniq:
             job_id = new_job_id(rand[20 * i : 20 * i + 20])
             jobs.append(PendingJob(job_id, spec, queue_, args_json, priority_, at, delay))
         if jobs:
-            call = self.middleware.enqueue_call(self._write_call)
+            call = self.middleware.enqueue_call(self._writer)
             await call(EnqueueContext(jobs, batch=True, connection=connection))
         return [j.id for j in jobs]
 
@@ -246,6 +248,20 @@ class Soniq:
     ) -> PendingJob:
         queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         return PendingJob(new_job_id(), spec, queue_, spec.bind(kwargs), priority_, at, delay)
+
+    @property
+    def writer(self) -> EnqueueNext:
+        """The enqueue side's innermost step: what stores the jobs (the database).
+
+        :mod:`soniq.testing` sets another one (record the jobs, or run them at once) so that an
+        enqueue in a test still passes through every enqueue middleware; setting None puts the
+        database writer back.
+        """
+        return self._writer
+
+    @writer.setter
+    def writer(self, write: EnqueueNext | None) -> None:
+        self._writer = self._write_call if write is None else write
 
     async def _write(self, ctx: EnqueueContext) -> None:
         await self._store.insert(ctx.jobs, ctx.connection)

@@ -523,3 +523,29 @@ METRICS_LEADER_LOCK_KEY = 0x50_4E_49_52  # next to MIGRATION_LOCK_KEY, distinct 
 TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_lock($1)"
 
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock($1)"
+
+# ---------------------------------------------------------------------------------------------
+# Tests only: soniq.testing.Clock makes time pass for Soniq's data by moving every time Soniq
+# stored back by as much, so each comparison with the database's now() (due, lease ages,
+# retention, trace parent age) sees the later time while the statements of the hot path stay
+# as they are. Worker heartbeats are left alone: they are liveness, not data, and moving them
+# would make live workers look dead. Each statement takes the seconds as $1; a feature that
+# stores times of its own (a schedule's next run) appends its statement here.
+TIME_SHIFTS: list[str] = [
+    """
+UPDATE soniq_jobs SET
+    scheduled_at = scheduled_at - make_interval(secs => $1),
+    created_at   = created_at - make_interval(secs => $1),
+    started_at   = started_at - make_interval(secs => $1),
+    finished_at  = finished_at - make_interval(secs => $1),
+    revived_at   = revived_at - make_interval(secs => $1)
+""",
+]
+
+# Tests only: empty every Soniq table but the schema version (the soniq_database fixture).
+# Found by name, so a table a later migration adds is emptied too.
+DATA_TABLES = """
+SELECT quote_ident(tablename) FROM pg_tables
+WHERE schemaname = current_schema() AND tablename LIKE 'soniq\\_%'
+  AND tablename <> 'soniq_schema_version'
+"""

@@ -416,6 +416,31 @@ class Store:
             return None
         return conn
 
+    # -- tests -----------------------------------------------------------------------------
+    async def shift_times(self, seconds: float) -> None:
+        """Make ``seconds`` pass at once for the data Soniq stored (``soniq.testing.Clock``).
+
+        Every statement of ``sql.TIME_SHIFTS`` moves its table's times ``seconds`` into the
+        past, all in one transaction: jobs' due, creation, start, finish and revival times
+        (and whatever a feature storing times of its own adds there, e.g. schedules' next
+        run). Worker heartbeats stay. Meant for test databases: on a live system it would make
+        delayed jobs and retries run early.
+        """
+        pool = await self.pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                for statement in sql.TIME_SHIFTS:
+                    await conn.execute(statement, float(seconds), timeout=self.command_timeout)
+        except CONNECTION_ERRORS as exc:
+            raise self.unavailable(exc) from exc
+
+    async def erase_all(self) -> None:
+        """Empty every Soniq table but the schema version: jobs, workers, and whatever later
+        features store. For test databases only (the ``soniq_database`` fixture)."""
+        tables = [r[0] for r in await self.fetch(sql.DATA_TABLES)]
+        if tables:
+            await self.fetch(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+
 
 def _ready_plain(job: PendingJob) -> bool:
     """Ready now and without trace context: the column defaults are right for it."""
