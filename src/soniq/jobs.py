@@ -8,6 +8,7 @@ outcome becomes the job's stored status is written once, here (:func:`status_aft
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import traceback
@@ -169,6 +170,17 @@ class FinishedAttempt:
             attempt=ctx.attempt,
         )
 
+    def storable(self) -> FinishedAttempt:
+        """This record as the database can surely store it: without its result, and its texts
+        with NUL and unpaired surrogates escaped (the database refused it as it was)."""
+        # replace() keeps every other field (status, delay, refund, trace context) as it was.
+        return dataclasses.replace(
+            self,
+            result=None,
+            error=None if self.error is None else storable_text(self.error),
+            traceback=None if self.traceback is None else storable_text(self.traceback),
+        )
+
 
 class LostJob(NamedTuple):
     """A job lease recovery took from a silent worker: queued again, or dead-lettered."""
@@ -176,6 +188,11 @@ class LostJob(NamedTuple):
     id: str
     job_name: str
     status: JobStatus
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL and unpaired surrogates written as escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class JobInfo(TypedDict):

@@ -15,6 +15,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from .jobs import JobStatus
+
 if TYPE_CHECKING:
     from .worker import Worker
     from .worker_store import ListenConnection, LivenessConnection, WorkerStore
@@ -176,7 +178,7 @@ class Liveness:
                 job.job_name,
                 job.id,
                 "moved to the dead-letter queue (attempts exhausted)"
-                if job.status == "dead_letter"
+                if job.status is JobStatus.DEAD_LETTER
                 else "queued to run again",
                 extra={
                     "event": "job.worker_lost",

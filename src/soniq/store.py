@@ -50,11 +50,6 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def storable_text(text: str) -> str:
-    """``text`` as PostgreSQL can store it: NUL and unpaired surrogates written as escapes."""
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 SETUP_HINT = "run `soniq setup` (or `await app.setup()`) against this database"
 
 

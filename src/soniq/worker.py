@@ -5,19 +5,18 @@ attempts that finished (or started) since the last one and claims jobs: as many 
 free slots, counted as started, plus a few claimed ahead into a local buffer
 (:mod:`soniq.claim_ahead` says how many). A job that finishes starts the next buffered one at
 once, without waiting for the database, so fast jobs are not limited to one round trip per slot.
-Liveness (LISTEN, heartbeat, lease recovery) is in :mod:`soniq.liveness`; the graceful stop and
-the final flush in :mod:`soniq.shutdown`.
+Liveness (LISTEN, heartbeat, lease recovery) is in :mod:`soniq.liveness`, stop signals in
+:mod:`soniq.signals`; the statements the worker sends in :mod:`soniq.worker_store`. On stop,
+running jobs get the grace period, then what is left is written in a final flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
 import uuid
 from collections import deque
@@ -31,7 +30,8 @@ from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, StartedAttempt
 from .liveness import MAX_BACKOFF, Liveness
 from .middleware import CallNext, Middleware
 from .registry import compact_json
-from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS, storable_text
+from .signals import StopOnSignal
+from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
 from .worker_store import WorkerStore
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class Worker:
         self._liveness = Liveness(self, self._db, self._wake)
         self._background: list[asyncio.Task[None]] = []
         self._held: set[str] = set()
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = StopOnSignal(self)
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -139,7 +139,7 @@ class Worker:
             # layers already started are shut down and the worker deregistered on the way out.
             await self._lifecycle("startup", list(self.app.middleware), started)
             if self.install_signal_handlers:
-                self._install_signals()
+                self._signals.install()
             logger.info(
                 "Worker %s started (concurrency %d, queues %s)",
                 self.id,
@@ -163,7 +163,7 @@ class Worker:
             try:
                 await self._lifecycle("shutdown", list(reversed(started)), [])
             finally:
-                self._restore_signals()
+                self._signals.restore()
                 self.app._worker_stopped(self)
                 self._stopped.set()
 
@@ -470,7 +470,7 @@ class Worker:
                         else "it is stored with the offending characters escaped",
                         extra={"event": "job.unstorable", "job_id": one.id, "worker_id": self.id},
                     )
-                    await self._round_trip([_storable(one)], 0)
+                    await self._round_trip([one.storable()], 0)
             except CONNECTION_ERRORS:
                 self._finished[:0] = finished[i:]  # the outage handling takes over
                 return
@@ -555,43 +555,3 @@ class Worker:
             self.id,
             len(self._finished),
         )
-
-    # -- signals ---------------------------------------------------------------------------
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                self._previous_handlers[sig] = True
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread, or not supported: the caller stops us
-
-    def _restore_signals(self) -> None:
-        if not self._previous_handlers:
-            return
-        loop = asyncio.get_running_loop()
-        for sig in self._previous_handlers:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        self._previous_handlers.clear()
-
-    def _on_signal(self, sig: int) -> None:
-        if self._stopping:
-            logger.warning("Second %s: exiting at once", signal.Signals(sig).name)
-            os._exit(128 + sig)
-        logger.info(
-            "%s received: finishing running jobs (grace %.3gs)",
-            signal.Signals(sig).name,
-            self.grace_period,
-        )
-        self.stop()
-
-
-def _storable(finished: FinishedAttempt) -> FinishedAttempt:
-    # replace() keeps every other field (status, delay, refund, trace context) as it was.
-    return dataclasses.replace(
-        finished,
-        result=None,
-        error=None if finished.error is None else storable_text(finished.error),
-        traceback=None if finished.traceback is None else storable_text(finished.traceback),
-    )
