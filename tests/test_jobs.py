@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import asyncpg
 import pytest
 
-from soniq import Backoff
+from soniq import Backoff, sql
 from soniq.context import AttemptContext
 from soniq.jobs import ClaimedJob, FinishedAttempt, JobStatus, Outcome, status_after
 from soniq.registry import JobSpec, make_spec
@@ -116,10 +117,24 @@ def test_a_storable_record_drops_its_result_and_escapes_its_texts() -> None:
     assert (safe.status, safe.attempt) == (JobStatus.DEAD_LETTER, 3)
 
 
-def test_a_claimed_job_whose_start_is_written_first() -> None:
-    now = datetime.now(timezone.utc)
-    row = ("j1", "t.job", "default", "{}", 0, 1, 3, now, now, None, False, 0.0, False, False)
-    assert not ClaimedJob(*row).start_written_first
-    assert ClaimedJob(*row[:12], False, True).start_written_first  # suspect
-    last = (*row[:5], 3, 3, *row[7:])
-    assert ClaimedJob(*last).start_written_first  # its last attempt
+def test_a_claimed_job_reads_the_claim_columns_in_their_order() -> None:
+    columns = [c.strip().removeprefix("claimed.") for c in sql._CLAIMED_OUT.split(",")]
+    assert list(ClaimedJob.FIELDS) == columns
+
+
+async def test_a_claimed_job_is_a_typed_row_whose_start_may_be_written_first(
+    db: asyncpg.Connection,
+) -> None:
+    query = """
+        SELECT 'j1' AS id, 't.job' AS job_name, 'default' AS queue, '{}' AS args, 0 AS priority,
+               a.attempt, 3 AS max_attempts, now() AS created_at, now() AS scheduled_at,
+               NULL::text AS trace_context, false AS revived, 0.5::float8 AS queue_wait_s,
+               false AS counted, a.suspect
+        FROM (VALUES (1, false), (1, true), (3, false)) AS a(attempt, suspect)
+    """
+    plain, suspect, last = await db.fetch(query, record_class=ClaimedJob)
+    assert (plain.id, plain.job_name, plain.attempt, plain.queue_wait_s) == ("j1", "t.job", 1, 0.5)
+    assert plain["queue"] == plain.queue == "default"
+    assert not plain.start_written_first
+    assert suspect.start_written_first
+    assert last.start_written_first  # its last attempt

@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
     from .store import Store
 
-_new = tuple.__new__  # a claimed row becomes a ClaimedJob without a per-field copy
-_CLAIMED_FIELDS = len(ClaimedJob._fields)
+_DUE_COLUMN = len(ClaimedJob.FIELDS)  # with_due: after the claimed job's columns
 _DONE = JobStatus.DONE
 
 
@@ -95,15 +94,14 @@ class WorkerStore:
             ",".join([f.id for f in done]),
             ",".join([str(f.attempt) for f in done]),
             timeout=self._store.command_timeout,
+            record_class=ClaimedJob,
         )
         if not with_due:
-            return Claim([_new(ClaimedJob, r) for r in rows], None)
+            return Claim(rows, None)
         # Every row carries the due time last; with nothing claimed, one row of NULLs carries
         # only that.
-        due: float | None = rows[0][_CLAIMED_FIELDS]
-        if rows[0][0] is None:
-            return Claim([], due)
-        return Claim([_new(ClaimedJob, r[:_CLAIMED_FIELDS]) for r in rows], due)
+        due: float | None = rows[0][_DUE_COLUMN]
+        return Claim([] if rows[0][0] is None else rows, due)
 
     async def next_due(self) -> float | None:
         """Seconds until the next delayed job or retry this worker could run comes due."""
