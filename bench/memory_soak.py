@@ -37,7 +37,7 @@ from tests.apps.procs import Fleet, wait_exit
 from tests.support.waiting import wait_until
 
 from soniq import sql
-from soniq.store import Finished
+from soniq.jobs import FinishedAttempt, JobStatus
 
 MB = 1024 * 1024
 
@@ -118,13 +118,15 @@ async def round_trips(url: str, count: int, batch: int) -> float:
     with no job run and no process in between: the claim cost, nearly free of other noise."""
     app = build(url)
     worker = app.worker(concurrency=batch, install_signal_handlers=False)
-    worker._known_names = app.registry.names()
-    finished: list[Finished] = []
+    worker._db.known_names = app.registry.names()
+    finished: list[FinishedAttempt] = []
     try:
         started = time.monotonic()
         for _ in range(count):
-            rows = await worker._round_trip(finished, batch)
-            finished = [Finished(str(r["id"]), "done") for r in rows]
+            claim = await worker._round_trip(finished, batch, batch)
+            finished = [
+                FinishedAttempt(j.id, JobStatus.DONE, attempt=j.attempt) for j in claim.jobs
+            ]
         seconds = time.monotonic() - started
         await worker._round_trip(finished, 0)
     finally:

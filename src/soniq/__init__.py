@@ -14,6 +14,7 @@ from .errors import (
     UnknownJobError,
 )
 from .fleet_role import FleetRole
+from .jobs import JobInfo, JobStatus, Outcome, PendingJob
 from .middleware import (
     CallNext,
     EnqueueContext,
@@ -21,7 +22,6 @@ from .middleware import (
     FunctionMiddleware,
     Middleware,
     MiddlewareChain,
-    PendingJob,
 )
 from .queue_state import QueueCount, QueueState
 from .registry import JobRegistry, JobSpec
@@ -42,12 +42,15 @@ __all__ = [
     "FunctionMiddleware",
     "JobArgumentsError",
     "JobContext",
+    "JobInfo",
     "JobNotFound",
     "JobRegistry",
     "JobSpec",
+    "JobStatus",
     "JobTimeout",
     "Middleware",
     "MiddlewareChain",
+    "Outcome",
     "PendingJob",
     "QueueCount",
     "QueueState",

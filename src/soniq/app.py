@@ -23,6 +23,7 @@ from .errors import ConfigurationError, JobArgumentsError
 from .fleet_role import FleetRole
 from .hooks import Hooks
 from .instrumentation import instrument
+from .jobs import JobInfo
 from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
 from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
@@ -267,15 +268,15 @@ class Soniq:
         await self._store.insert(ctx.jobs, ctx.connection)
 
     # -- inspection and operations ---------------------------------------------------------
-    async def get_job(self, job_id: str) -> dict[str, Any] | None:
-        """The job's row as a dict, or None if no such job."""
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        """The job's row as a dict (:class:`soniq.jobs.JobInfo`), or None if no such job."""
         return await self._store.get_job(_uuid(job_id))
 
     async def cancel_job(self, job_id: str) -> bool:
         """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
         return await self._store.cancel_job(_uuid(job_id))
 
-    async def list_dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def list_dead_letters(self, limit: int = 100) -> list[JobInfo]:
         return await self._store.dead_letters(limit)
 
     async def retry_dead_letter(self, job_id: str) -> bool:

@@ -21,6 +21,7 @@ import click
 from . import instrumentation
 from .app import Soniq
 from .errors import SoniqError
+from .jobs import JobInfo
 from .logs import configure_logging
 
 T = TypeVar("T")
@@ -346,7 +347,7 @@ def dead_letter() -> None:
 def dead_letter_list(app_path: str | None, database_url: str | None, limit: int) -> None:
     """List dead-lettered jobs, newest first."""
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[JobInfo]:
         async with _app_from(app_path, database_url) as app:
             return await app.list_dead_letters(limit)
 

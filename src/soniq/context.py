@@ -5,12 +5,12 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from .jobs import Outcome
 
 if TYPE_CHECKING:
     from .registry import JobSpec
-
-Outcome = Literal["done", "retry", "dead_letter"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class AttemptContext:
         )
 
     def settle_success(self, result: Any) -> None:
-        self.outcome = "done"
+        self.outcome = Outcome.DONE
         self.error = None
         self.result = result
         self.retry_delay = None
@@ -87,11 +87,11 @@ class AttemptContext:
         self.error = error
         self.result = None
         if self.final:
-            self.outcome = "dead_letter"
+            self.outcome = Outcome.DEAD_LETTER
             self.retry_delay = None
             self.next_attempt_at = None
         else:
-            self.outcome = "retry"
+            self.outcome = Outcome.RETRY
             self.retry_delay = self.spec.backoff.delay(self.attempt)
             self.next_attempt_at = datetime.now(timezone.utc) + timedelta(seconds=self.retry_delay)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .context import AttemptContext
 from .hooks import HOOK_EVENTS, Hook, HookEvent, Hooks
+from .jobs import PendingJob as PendingJob  # its home is soniq.jobs; imported from here too
 
 if TYPE_CHECKING:
     import asyncpg
@@ -26,30 +26,11 @@ if TYPE_CHECKING:
     #: A caller's connection: a plain one, or one acquired from an asyncpg pool.
     Connection = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 
-    from .registry import JobSpec
     from .worker import Worker
 
 logger = logging.getLogger("soniq")
 
 CallNext = Callable[[AttemptContext], Awaitable[Any]]
-
-
-@dataclass(eq=False)
-class PendingJob:
-    """A job about to be written. Enqueue middlewares may add to ``trace_context``."""
-
-    id: str
-    spec: JobSpec
-    queue: str
-    args_json: str
-    priority: int
-    scheduled_at: datetime | None
-    delay_s: float
-    trace_context: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def job_name(self) -> str:
-        return self.spec.name
 
 
 @dataclass(eq=False)

@@ -1,6 +1,8 @@
 """All SQL that Soniq sends, in one place.
 
-Table and column names live here only; the rest of the code calls :class:`soniq.store.Store`.
+Table and column names live here only. Only :mod:`soniq.store` (pool, schema, enqueue,
+inspection) and :mod:`soniq.worker_store` (the worker's round trip and liveness) run these
+statements; the rest of the code calls their methods.
 """
 
 from __future__ import annotations

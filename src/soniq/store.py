@@ -1,4 +1,10 @@
-"""Database access: the pool, the schema, and one method per statement in :mod:`soniq.sql`."""
+"""Database access: the pool, the schema, enqueue and inspection; the one place statements run.
+
+Every statement in :mod:`soniq.sql` is sent from here or from :mod:`soniq.worker_store` (the
+worker's round trip and liveness statements, on the same pool and connections); no other
+module calls ``execute``/``fetch`` on a connection. Methods return typed values
+(:mod:`soniq.jobs`), not rows.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,14 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
 from . import sql
 from .database import mask_url
 from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
-from .middleware import PendingJob
+from .jobs import JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
 
 if TYPE_CHECKING:
@@ -45,34 +50,7 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def storable_text(text: str) -> str:
-    """``text`` as PostgreSQL can store it: NUL and unpaired surrogates written as escapes."""
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 SETUP_HINT = "run `soniq setup` (or `await app.setup()`) against this database"
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """What an attempt left to be written: its new status and details.
-
-    ``status`` None records only that the attempt started (it was claimed ahead, and is
-    running now). ``attempt`` is the attempt's number; the row's count becomes that number, or
-    one less with ``refund``, so writing the same record twice is harmless.
-    """
-
-    id: str
-    status: str | None  # done | queued (retry or put back) | dead_letter | None (started)
-    result: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    delay_s: float = 0.0
-    refund: int = 0  # 1 when the attempt did not count (graceful shutdown)
-    # JSON text replacing the job's trace_context (None keeps it): a failed attempt leaves its
-    # own span context there so the next attempt can link to it.
-    trace_context: str | None = None
-    attempt: int = field(kw_only=True)
 
 
 class Store:
@@ -369,14 +347,14 @@ class Store:
             self._solo = None
 
     # -- inspection ------------------------------------------------------------------------
-    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+    async def get_job(self, job_id: str) -> JobInfo | None:
         rows = await self.fetch(sql.GET_JOB, job_id)
         return job_row_to_dict(rows[0]) if rows else None
 
     async def cancel_job(self, job_id: str) -> bool:
         return bool(await self.fetch(sql.CANCEL_JOB, job_id))
 
-    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+    async def dead_letters(self, limit: int) -> list[JobInfo]:
         return [job_row_to_dict(r) for r in await self.fetch(sql.LIST_DEAD_LETTERS, limit)]
 
     async def retry_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
@@ -465,12 +443,9 @@ async def _rollback_only(conn: asyncpg.Connection[Any]) -> None:
     """
 
 
-def job_row_to_dict(row: asyncpg.Record) -> dict[str, Any]:
-    out = dict(row)
+def job_row_to_dict(row: asyncpg.Record) -> JobInfo:
+    out: Any = dict(row)
     out["args"] = json.loads(out["args"])
     out["result"] = json.loads(out["result"]) if out["result"] is not None else None
-    return out
-
-
-def parse_trace_context(text: str | None) -> dict[str, str] | None:
-    return json.loads(text) if text else None
+    out["status"] = JobStatus(out["status"])
+    return cast(JobInfo, out)

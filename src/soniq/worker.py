@@ -1,55 +1,46 @@
 """The worker: claims jobs, runs each attempt through the middleware chain, records the outcome.
 
-One database round trip records the attempts that finished (or started) since the last one
-and claims jobs: as many as there are free slots, counted as started, plus a few claimed ahead
-into a local buffer. A job that finishes starts the next buffered one at once, without waiting
-for the database, so fast jobs are not limited to one round trip per slot. Liveness is a
-per-worker heartbeat row: a worker that stops beating for ``lease_seconds`` is dead, and any
-worker hands its jobs to the queue again (see ``sql.RECOVER_LOST_JOBS`` for how a buffered job
-is told from a running one).
+One database round trip (:meth:`soniq.worker_store.WorkerStore.finish_and_claim`) records the
+attempts that finished (or started) since the last one and claims jobs: as many as there are
+free slots, counted as started, plus a few claimed ahead into a local buffer
+(:mod:`soniq.claim_ahead` says how many). A job that finishes starts the next buffered one at
+once, without waiting for the database, so fast jobs are not limited to one round trip per slot.
+Liveness (LISTEN, heartbeat, lease recovery) is in :mod:`soniq.liveness`, stop signals in
+:mod:`soniq.signals`; the statements the worker sends in :mod:`soniq.worker_store`. On stop,
+running jobs get the grace period, then what is left is written in a final flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
-import math
 import os
-import signal
 import socket
-import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from . import sql
+from .claim_ahead import ClaimAhead
 from .context import AttemptContext
 from .errors import ConfigurationError
 from .executor import JobExecutor
+from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, StartedAttempt
+from .liveness import MAX_BACKOFF, Liveness
 from .middleware import CallNext, Middleware
 from .registry import compact_json
-from .store import (
-    BAD_DATA_ERRORS,
-    CONNECTION_ERRORS,
-    Finished,
-    Store,
-    parse_trace_context,
-    storable_text,
-)
+from .signals import StopOnSignal
+from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
+from .worker_store import WorkerStore
 
 if TYPE_CHECKING:
     from .app import Soniq
 
 logger = logging.getLogger("soniq")
 
-_MAX_OUTAGE_BACKOFF = 10.0
-_PURGE_EVERY = 60.0
+_DONE = JobStatus.DONE
+_QUEUED = JobStatus.QUEUED
 
 
 class Worker:
@@ -86,30 +77,20 @@ class Worker:
         self.done_retention = settings.done_retention
         self.prefetch = settings.prefetch
 
-        self._store: Store = app._store
+        self._db = WorkerStore(app._store, self.id, queues, concurrency)
         self._executor = JobExecutor(settings.thread_pool_size or concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._finished: list[Finished] = []
-        # Claimed ahead, not started (row, loop time of the claim); oldest first.
-        self._buffer: deque[tuple[asyncpg.Record, float]] = deque()
+        self._finished: list[FinishedAttempt] = []
+        # Claimed ahead, not started (job, loop time of the claim); oldest first.
+        self._buffer: deque[tuple[ClaimedJob, float]] = deque()
         # Started from the buffer, start not yet written: job id -> attempt number.
         self._unreported: dict[str, int] = {}
         # Suspect jobs taken from the buffer: they hold a slot, and run once their start is
         # written (a job that may kill its worker must have its attempt counted first).
-        self._prestart: list[tuple[asyncpg.Record, float]] = []
+        self._prestart: list[tuple[ClaimedJob, float]] = []
         # Whether the queue may hold more than the last claim found.
         self._maybe_more = True
-        # Jobs started per second and round-trip seconds (moving averages): how many jobs the
-        # worker gets through while one round trip is out, i.e. how many to claim ahead.
-        self._start_rate = 0.0
-        self._trip_time = 0.0
-        self._started = 0
-        self._rate_since = 0.0  # loop time and start count the rate is measured from
-        self._rate_from = 0
-        # Share of started jobs that were on their last attempt or suspect (moving average):
-        # those start only after a round trip writes their start, so claiming them ahead gains
-        # nothing and costs them a round trip of waiting; the worker claims that much less ahead.
-        self._written_first = 0.0
+        self._ahead = ClaimAhead(self.prefetch)
         # When the next delayed job or retry comes due (loop time), as the last short claim saw
         # (known once a claim that asked came back short).
         self._due_at: float | None = None
@@ -120,25 +101,20 @@ class Worker:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._call: CallNext = self._executor
-        queue_filter = (
-            sql.QUEUE_FILTER_ALL
-            if queues is None
-            else sql.QUEUE_FILTER_ONE
-            if len(queues) == 1
-            else sql.QUEUE_FILTER_MANY
-        )
-        self._claim_sql = sql.finish_and_claim(queue_filter)
-        self._claim_due_sql = sql.finish_and_claim(queue_filter, with_due=True)
-        self._known_names: list[str] = []
-        self._warned_unknown: set[str] = set()
+        self._liveness = Liveness(self, self._db, self._wake)
         self._background: list[asyncio.Task[None]] = []
         self._held: set[str] = set()
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = StopOnSignal(self)
 
     # -- public ----------------------------------------------------------------------------
     @property
     def running_jobs(self) -> int:
         return len(self._running)
+
+    @property
+    def stopping(self) -> bool:
+        """True once the worker was told to stop (it no longer claims)."""
+        return self._stopping
 
     def stop(self) -> None:
         """Stop claiming; running jobs get the grace period to finish."""
@@ -152,9 +128,9 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
-        await self._store.check_schema()
-        self._known_names = self.app.registry.names()
-        await self._register()
+        await self.app._store.check_schema()
+        self._db.known_names = self.app.registry.names()
+        await self._db.register_worker()
         self.app._worker_started(self)
         self._refresh_chain()
         started: list[Middleware] = []
@@ -163,7 +139,7 @@ class Worker:
             # layers already started are shut down and the worker deregistered on the way out.
             await self._lifecycle("startup", list(self.app.middleware), started)
             if self.install_signal_handlers:
-                self._install_signals()
+                self._signals.install()
             logger.info(
                 "Worker %s started (concurrency %d, queues %s)",
                 self.id,
@@ -178,8 +154,8 @@ class Worker:
             )
             if not self.run_once:
                 self._background = [
-                    asyncio.create_task(self._listen(), name="soniq-listen"),
-                    asyncio.create_task(self._heartbeat(), name="soniq-heartbeat"),
+                    asyncio.create_task(self._liveness.listen(), name="soniq-listen"),
+                    asyncio.create_task(self._liveness.heartbeat(), name="soniq-heartbeat"),
                 ]
             await self._loop()
         finally:
@@ -187,7 +163,7 @@ class Worker:
             try:
                 await self._lifecycle("shutdown", list(reversed(started)), [])
             finally:
-                self._restore_signals()
+                self._signals.restore()
                 self.app._worker_stopped(self)
                 self._stopped.set()
 
@@ -224,14 +200,7 @@ class Worker:
             self._wake.clear()
             self._fill_slots()
             free = self.concurrency - len(self._running) - len(self._prestart)
-            # Claim ahead three round trips' worth of starts: enough that fast jobs never wait
-            # on the database (and it grows from nothing: a worker that runs through what it has
-            # doubles its rate), while slow jobs leave the rest of the queue to other workers.
-            ahead = min(
-                self.prefetch,
-                math.ceil(3 * self._start_rate * self._trip_time * (1.0 - self._written_first)),
-            )
-            ahead -= len(self._buffer)
+            ahead = self._ahead.ahead() - len(self._buffer)
             want = free + max(0, ahead) if self._maybe_more else 0
             if not (want or self._finished or self._unreported or self._prestart):
                 if self.run_once and not self._running and not self._buffer:
@@ -251,13 +220,13 @@ class Worker:
             with_due = bool(want) and not self._busy
             sent_at = loop.time()
             try:
-                rows = await self._round_trip(finished, free, want, starts, with_due)
+                claim = await self._round_trip(finished, free, want, starts, with_due)
             except BAD_DATA_ERRORS as exc:
                 await self._finish_separately(finished, exc)
                 continue
             except CONNECTION_ERRORS as exc:
                 self._finished[:0] = finished
-                outage_backoff = min(_MAX_OUTAGE_BACKOFF, max(0.25, outage_backoff * 2))
+                outage_backoff = min(MAX_BACKOFF, max(0.25, outage_backoff * 2))
                 logger.warning(
                     "Database unavailable (%s: %s); worker %s retries in %.2gs",
                     type(exc).__name__,
@@ -273,115 +242,76 @@ class Worker:
                 self._finished[:0] = finished
                 raise
             now = loop.time()
-            if with_due:
-                # Every row carries when the next delayed job comes due (if the claim was
-                # short); with nothing claimed, one row of NULLs carries only that.
-                due: float | None = rows[0]["next_due_s"]
-                if rows[0]["id"] is None:
-                    rows = []
+            jobs = claim.jobs
             if want:
-                self._busy = len(rows) == want
+                self._busy = len(jobs) == want
                 if not self._busy:
                     self._due_known = with_due
                     if with_due:
+                        due = claim.next_due_s
                         self._due_at = None if due is None else now + due
-            self._measure(sent_at, now)
+            self._ahead.round_trip(sent_at, now)
             for f in starts:
                 self._unreported.pop(f.id, None)
             prestart = self._prestart[:recorded]
             del self._prestart[:recorded]
-            for row, claimed_at in prestart:
-                self._start(row, claimed_at)
-            for row in rows:
-                if row["counted"]:
-                    self._start(row, now)
+            for job, claimed_at in prestart:
+                self._start(job, claimed_at)
+            for job in jobs:
+                if job.counted:
+                    self._start(job, now)
                 else:
-                    self._buffer.append((row, now))
+                    self._buffer.append((job, now))
             # After _start: the rows just claimed are running or buffered, not claims lost in
             # flight.
             if outage_backoff and await self._after_outage():
                 outage_backoff = 0.0
             if want:
-                self._maybe_more = len(rows) == want
-            if any(f.status == "queued" and not f.refund for f in finished):
+                self._maybe_more = len(jobs) == want
+            if any(f.status is _QUEUED and not f.refund for f in finished):
                 # A job just put back (retry, refund) was invisible to this statement's claim,
                 # which saw the table as it was before the finish: look again at once.
                 self._maybe_more = True
-
-    def _measure(self, sent_at: float, now: float) -> None:
-        """Moving averages of the round-trip time and of the start rate since the last trip."""
-        self._trip_time += 0.3 * (now - sent_at - self._trip_time)
-        if now > self._rate_since:
-            rate = (self._started - self._rate_from) / (now - self._rate_since)
-            self._start_rate += 0.3 * (rate - self._start_rate)
-        self._rate_since, self._rate_from = now, self._started
 
     def _fill_slots(self) -> None:
         """Start buffered jobs in the free slots (called as each job ends, and by the loop)."""
         if self._stopping:
             return
         while self._buffer and len(self._running) + len(self._prestart) < self.concurrency:
-            row, claimed_at = self._buffer.popleft()
-            if _start_written_first(row):
-                self._prestart.append((row, claimed_at))
+            job, claimed_at = self._buffer.popleft()
+            if job.start_written_first:
+                self._prestart.append((job, claimed_at))
             else:
-                self._unreported[row["id"]] = row["attempt"]
-                self._start(row, claimed_at)
+                self._unreported[job.id] = job.attempt
+                self._start(job, claimed_at)
             self._wake.set()  # the loop writes the start soon
 
-    def _starts_to_record(self) -> list[Finished]:
+    def _starts_to_record(self) -> list[StartedAttempt]:
         """Start records for running jobs that started without the database knowing yet (a job
         that has finished leaves ``_unreported``: its finish record covers its start)."""
         if not self._unreported and not self._prestart:
             return []
-        starts = [Finished(i, None, attempt=a) for i, a in self._unreported.items()]
-        starts.extend(Finished(r["id"], None, attempt=r["attempt"]) for r, _ in self._prestart)
+        starts = [StartedAttempt(i, a) for i, a in self._unreported.items()]
+        starts.extend(StartedAttempt(job.id, job.attempt) for job, _ in self._prestart)
         return starts
 
     async def _round_trip(
         self,
-        finished: list[Finished],
+        finished: list[FinishedAttempt],
         free: int,
         want: int = 0,
-        starts: list[Finished] | None = None,
+        starts: list[StartedAttempt] | None = None,
         with_due: bool = False,
-    ) -> list[asyncpg.Record]:
+    ) -> Claim:
         """Record ``finished`` and ``starts``; claim up to ``want`` jobs, the first ``free`` of
         them counted as started."""
-        done: list[Finished] = []
-        other: list[Finished] = []
-        for f in finished:
-            plain = f.status == "done" and f.result is None and f.trace_context is None
-            (done if plain else other).append(f)
-        if starts:
-            other.extend(starts)
-        pool = await self._store.pool()
-        return await pool.fetch(
-            self._claim_due_sql if with_due else self._claim_sql,
-            self.id,
-            [f.id for f in other],
-            [f.status for f in other],
-            [f.result for f in other],
-            [f.error for f in other],
-            [f.traceback for f in other],
-            [f.delay_s for f in other],
-            [f.attempt - f.refund for f in other],
-            max(0, want),
-            self._known_names,
-            self.queues,
-            [f.trace_context for f in other],
-            max(0, free),
-            ",".join([f.id for f in done]),
-            ",".join([str(f.attempt) for f in done]),
-            timeout=self._store.command_timeout,
+        return await self._db.finish_and_claim(
+            finished, starts or (), free=free, want=want, with_due=with_due
         )
 
     async def _query_due(self) -> None:
         try:
-            pool = await self._store.pool()
-            due = await pool.fetchval(
-                sql.NEXT_DUE, self.queues, self._known_names, timeout=self._store.command_timeout
-            )
+            due = await self._db.next_due()
         except CONNECTION_ERRORS:
             return  # poll_interval it is; the next claim will tell
         self._due_at = None if due is None else asyncio.get_running_loop().time() + due
@@ -411,11 +341,10 @@ class Worker:
             extra={"event": "worker.db_restored", "worker_id": self.id},
         )
         try:
-            await self._register()
-            pool = await self._store.pool()
+            await self._db.register_worker()
             # A job that finished since the round trip is neither running nor written yet:
             # it is not a lost claim either; nor is one waiting in the buffer.
-            await pool.execute(sql.RELEASE_UNTRACKED, self.id, self._held_ids())
+            await self._db.release_untracked(self._held_ids())
         except CONNECTION_ERRORS:
             return False
         return True
@@ -423,37 +352,35 @@ class Worker:
     def _held_ids(self) -> list[str]:
         """Jobs this worker holds and will still run or record."""
         held = [*self._running, *(f.id for f in self._finished)]
-        held.extend(row["id"] for row, _ in self._buffer)
-        held.extend(row["id"] for row, _ in self._prestart)
+        held.extend(job.id for job, _ in self._buffer)
+        held.extend(job.id for job, _ in self._prestart)
         return held
 
     # -- one attempt -----------------------------------------------------------------------
-    def _start(self, row: asyncpg.Record, claimed_at: float) -> None:
-        spec = self.app.registry.find(row["job_name"])
-        job_id: str = row["id"]
-        attempt: int = row["attempt"]
+    def _start(self, job: ClaimedJob, claimed_at: float) -> None:
+        spec = self.app.registry.find(job.job_name)
+        job_id = job.id
         if spec is None:  # registry shrank at run time; put it back untouched
             self._unreported.pop(job_id, None)
-            self._finished.append(Finished(job_id, "queued", refund=1, attempt=attempt))
+            self._finished.append(FinishedAttempt.put_back(job_id, job.attempt))
             return
-        self._started += 1
-        self._written_first += 0.05 * (_start_written_first(row) - self._written_first)
-        waited = row["queue_wait_s"] + (asyncio.get_running_loop().time() - claimed_at)
+        self._ahead.started(job.start_written_first)
+        waited = job.queue_wait_s + (asyncio.get_running_loop().time() - claimed_at)
         ctx = AttemptContext(
             job_id=job_id,
             job_name=spec.name,
-            queue=row["queue"],
-            attempt=attempt,
-            max_attempts=row["max_attempts"],
-            priority=row["priority"],
-            args=json.loads(row["args"]),
-            enqueued_at=row["created_at"],
-            scheduled_at=row["scheduled_at"],
+            queue=job.queue,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            priority=job.priority,
+            args=json.loads(job.args),
+            enqueued_at=job.created_at,
+            scheduled_at=job.scheduled_at,
             queue_wait_s=max(0.0, waited),
             worker_id=self.id,
             spec=spec,
-            trace_context=parse_trace_context(row["trace_context"]),
-            revived=row["revived"],
+            trace_context=json.loads(job.trace_context) if job.trace_context else None,
+            revived=job.revived,
         )
         self._running[job_id] = asyncio.create_task(self._attempt(ctx), name=f"soniq-{job_id}")
 
@@ -465,7 +392,7 @@ class Worker:
             if ctx.job_id in self._executor.busy_threads:
                 self._held.add(ctx.job_id)  # its thread runs on; see _flush_final
             else:
-                self._record(Finished(ctx.job_id, "queued", refund=1, attempt=ctx.attempt))
+                self._record(FinishedAttempt.put_back(ctx.job_id, ctx.attempt))
             return
         except Exception as exc:
             if ctx.outcome is None or ctx.error is not exc:
@@ -478,11 +405,11 @@ class Worker:
                 except asyncio.CancelledError:
                     self._held.add(ctx.job_id)  # shutdown meanwhile: see _flush_final
                     raise
-            self._record(self._failure(ctx, exc))
+            self._record(FinishedAttempt.failed(ctx, exc))
         else:
             self._record(
-                Finished(
-                    ctx.job_id, "done", result=self._encode_result(ctx, result), attempt=ctx.attempt
+                FinishedAttempt(
+                    ctx.job_id, _DONE, result=self._encode_result(ctx, result), attempt=ctx.attempt
                 )
             )
         finally:
@@ -502,34 +429,9 @@ class Worker:
         if returned is not None:
             await returned.wait()
 
-    def _record(self, finished: Finished) -> None:
+    def _record(self, finished: FinishedAttempt) -> None:
         self._unreported.pop(finished.id, None)  # the finish record carries the start too
         self._finished.append(finished)
-
-    @staticmethod
-    def _failure(ctx: AttemptContext, exc: BaseException) -> Finished:
-        error = f"{type(exc).__name__}: {exc}"
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        # Tracing may have added the failed attempt's span context for the next attempt to link.
-        tc = json.dumps(ctx.trace_context) if ctx.trace_context else None
-        if ctx.outcome == "retry":
-            return Finished(
-                ctx.job_id,
-                "queued",
-                error=error,
-                traceback=tb,
-                delay_s=ctx.retry_delay or 0.0,
-                trace_context=tc,
-                attempt=ctx.attempt,
-            )
-        return Finished(
-            ctx.job_id,
-            "dead_letter",
-            error=error,
-            traceback=tb,
-            trace_context=tc,
-            attempt=ctx.attempt,
-        )
 
     @staticmethod
     def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
@@ -547,7 +449,7 @@ class Worker:
             )
             return None
 
-    async def _finish_separately(self, finished: list[Finished], exc: BaseException) -> None:
+    async def _finish_separately(self, finished: list[FinishedAttempt], exc: BaseException) -> None:
         """The database refused a round trip's data. One unstorable result or error text must
         neither stop the worker nor lose the other results: write them one at a time, and a
         refused one without its result and with its texts escaped."""
@@ -564,197 +466,14 @@ class Worker:
                         "result" if one.result is not None else "error text",
                         refused,
                         "the job counts as done and its result is not kept"
-                        if one.status == "done"
+                        if one.status is _DONE
                         else "it is stored with the offending characters escaped",
                         extra={"event": "job.unstorable", "job_id": one.id, "worker_id": self.id},
                     )
-                    await self._round_trip([_storable(one)], 0)
+                    await self._round_trip([one.storable()], 0)
             except CONNECTION_ERRORS:
                 self._finished[:0] = finished[i:]  # the outage handling takes over
                 return
-
-    # -- background tasks ------------------------------------------------------------------
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        if self.queues is None or not isinstance(payload, str) or payload in ("*", ""):
-            self._wake.set()
-            return
-        if any(q in self.queues for q in payload.split(",")):
-            self._wake.set()
-
-    async def _listen(self) -> None:
-        backoff = 0.25
-        interrupted = False
-        while not self._stopping:
-            conn: asyncpg.Connection[Any] | None = None
-            try:
-                conn = await self._store.connect()
-                lost = asyncio.Event()
-                conn.add_termination_listener(_setter(lost))
-                await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
-                if interrupted:
-                    logger.info(
-                        "LISTEN connection restored; worker %s hears new jobs again",
-                        self.id,
-                        extra={"event": "worker.listen_restored", "worker_id": self.id},
-                    )
-                interrupted = False
-                backoff = 0.25
-                self._wake.set()  # anything enqueued while we were not listening
-                while not lost.is_set() and not self._stopping:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), self.heartbeat_interval)
-                    if not lost.is_set() and not self._stopping:
-                        # An idle socket may die silently; a ping notices.
-                        await conn.execute("SELECT 1", timeout=self._store.connect_timeout)
-                if lost.is_set() and not self._stopping:
-                    raise ConnectionError("the server closed the connection")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                interrupted = True
-                logger.warning(
-                    "LISTEN connection lost (%s); reconnecting in %.2gs",
-                    exc,
-                    backoff,
-                    extra={"event": "worker.listen_lost", "worker_id": self.id},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(_MAX_OUTAGE_BACKOFF, backoff * 2)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-
-    async def _register(self, conn: asyncpg.Connection[Any] | None = None) -> None:
-        target = conn if conn is not None else await self._store.pool()
-        await target.execute(
-            sql.REGISTER_WORKER,
-            self.id,
-            socket.gethostname(),
-            os.getpid(),
-            self.queues,
-            self.concurrency,
-            timeout=self._store.command_timeout,
-        )
-
-    async def _heartbeat(self) -> None:
-        """Beat until cancelled, which ``_shutdown`` does only once no job is left running:
-        jobs finishing in the grace period keep their lease too.
-
-        The beat has a connection of its own. On the pool it would queue behind jobs that hold
-        pool connections (long transactions), and a live worker would lose its jobs to another.
-        """
-        last_purge = 0.0
-        loop = asyncio.get_running_loop()
-        conn: asyncpg.Connection[Any] | None = None
-        # Since when this worker has been beating without a failure. Nobody can beat while the
-        # database is unreachable, so right after an outage every heartbeat looks stale: only
-        # a worker that has itself been beating for a whole lease, which gives every live
-        # worker time to beat again, may declare others dead. (At start-up too: a worker that
-        # has just connected cannot yet tell a dead neighbour from one still reconnecting.)
-        beating_since: float | None = None
-        last_beat = loop.time()
-        lease_lost = False
-        try:
-            while True:
-                started = loop.time()
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await self._store.connect()
-                    judge = beating_since is not None and (
-                        started - beating_since >= self.lease_seconds
-                    )
-                    await self._beat_once(conn, recover=judge)
-                    if beating_since is None:
-                        beating_since = started
-                    last_beat = started
-                    lease_lost = False
-                    if self.done_retention and loop.time() - last_purge > _PURGE_EVERY:
-                        last_purge = loop.time()
-                        await conn.execute(
-                            sql.PURGE_FINISHED,
-                            self.done_retention,
-                            timeout=self._store.command_timeout,
-                        )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    beating_since = None
-                    logger.warning(
-                        "Worker heartbeat failed (%s: %s)",
-                        type(exc).__name__,
-                        exc,
-                        extra={"event": "worker.heartbeat_failed", "worker_id": self.id},
-                    )
-                    if conn is not None:
-                        conn.terminate()  # a fresh connection next time, not a wedged one
-                        conn = None
-                    if not lease_lost and loop.time() - last_beat > self.lease_seconds:
-                        lease_lost = True
-                        logger.error(
-                            "Worker %s has not beaten for over its %.3gs lease; if other "
-                            "workers can reach the database they may run its %d job(s) again",
-                            self.id,
-                            self.lease_seconds,
-                            len(self._running),
-                            extra={"event": "worker.lease_expired", "worker_id": self.id},
-                        )
-                # A steady cadence: the time the beat itself took comes off the wait.
-                await asyncio.sleep(max(0.0, self.heartbeat_interval - (loop.time() - started)))
-        finally:
-            if conn is not None:
-                conn.terminate()
-
-    async def _beat_once(self, conn: asyncpg.Connection[Any], *, recover: bool = True) -> None:
-        # Each statement is bounded by the beat interval: a beat stuck on a half-dead socket
-        # is abandoned (and the connection replaced) well before the lease runs out.
-        timeout = max(self.heartbeat_interval, 0.5)
-        if await conn.fetchval(sql.HEARTBEAT, self.id, timeout=timeout) is None:
-            # Our row was removed as dead during a long outage: come back to life.
-            await self._register(conn)
-        if recover:
-            await self._recover_lost(conn)
-        unknown = await conn.fetch(
-            sql.UNKNOWN_READY_NAMES,
-            self.queues,
-            self._known_names,
-            timeout=self._store.command_timeout,
-        )
-        for row in unknown:
-            name = row[0]
-            if name not in self._warned_unknown:
-                self._warned_unknown.add(name)
-                logger.warning(
-                    "Jobs named %r are waiting but this worker does not know that job; it "
-                    "leaves them for a worker that does (is the module with it imported?)",
-                    name,
-                    extra={"event": "worker.unknown_job", "job_name": name, "worker_id": self.id},
-                )
-
-    async def _recover_lost(self, conn: asyncpg.Connection[Any]) -> None:
-        recovered = await conn.fetch(
-            sql.RECOVER_LOST_JOBS, self.lease_seconds, timeout=self._store.command_timeout
-        )
-        for row in recovered:
-            logger.warning(
-                "Job %s (%s) lost its worker; %s",
-                row["job_name"],
-                row["id"],
-                "moved to the dead-letter queue (attempts exhausted)"
-                if row["status"] == "dead_letter"
-                else "queued to run again",
-                extra={
-                    "event": "job.worker_lost",
-                    "job_id": str(row["id"]),
-                    "job_name": row["job_name"],
-                    "worker_id": self.id,
-                },
-            )
-        if recovered:
-            self._wake.set()
-        await conn.execute(
-            sql.DELETE_DEAD_WORKERS, self.lease_seconds * 10, timeout=self._store.command_timeout
-        )
 
     # -- shutdown --------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -808,9 +527,7 @@ class Worker:
                 # A held job started from the buffer has its start written first, so that the
                 # refund below finds a counted attempt to refund.
                 starts = [
-                    Finished(i, None, attempt=a)
-                    for i, a in self._unreported.items()
-                    if i in self._held
+                    StartedAttempt(i, a) for i, a in self._unreported.items() if i in self._held
                 ]
                 try:
                     await self._round_trip(finished, 0, starts=starts)
@@ -820,22 +537,15 @@ class Worker:
                     await self._finish_separately(finished, exc)
                     if self._finished:
                         continue  # an outage interrupted it: try again after the delay
-                pool = await self._store.pool()
-                await pool.execute(
-                    sql.RELEASE_UNTRACKED, self.id, held, timeout=self._store.command_timeout
-                )
+                await self._db.release_untracked(held)
                 if held:
                     # Handing these back now would let another worker start one while our
                     # thread still runs it. They stay ours, the attempt refunded in advance,
                     # and the lease (which counts an attempt) returns them after we are gone;
                     # so the worker row stays too, for the lease to expire.
-                    await pool.execute(
-                        sql.REFUND_HELD, self.id, held, timeout=self._store.command_timeout
-                    )
+                    await self._db.refund_held(held)
                 else:
-                    await pool.execute(
-                        sql.DEREGISTER_WORKER, self.id, timeout=self._store.command_timeout
-                    )
+                    await self._db.deregister_worker()
                 return
             except CONNECTION_ERRORS as exc:
                 self._finished[:0] = finished
@@ -845,56 +555,3 @@ class Worker:
             self.id,
             len(self._finished),
         )
-
-    # -- signals ---------------------------------------------------------------------------
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                self._previous_handlers[sig] = True
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread, or not supported: the caller stops us
-
-    def _restore_signals(self) -> None:
-        if not self._previous_handlers:
-            return
-        loop = asyncio.get_running_loop()
-        for sig in self._previous_handlers:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        self._previous_handlers.clear()
-
-    def _on_signal(self, sig: int) -> None:
-        if self._stopping:
-            logger.warning("Second %s: exiting at once", signal.Signals(sig).name)
-            os._exit(128 + sig)
-        logger.info(
-            "%s received: finishing running jobs (grace %.3gs)",
-            signal.Signals(sig).name,
-            self.grace_period,
-        )
-        self.stop()
-
-
-def _start_written_first(row: asyncpg.Record) -> bool:
-    """Whether a claimed-ahead job may start only once its start is written: a suspect job, and
-    a job's last attempt. If such a job killed the worker unrecorded, lease recovery could
-    neither count the attempt (the job might never have started: a crash must not dead-letter
-    it) nor leave it uncounted (it might be what kills workers, and loop); see
-    sql.RECOVER_LOST_JOBS."""
-    return bool(row["suspect"] or row["attempt"] >= row["max_attempts"])
-
-
-def _setter(event: asyncio.Event) -> Callable[[Any], None]:
-    return lambda _conn: event.set()
-
-
-def _storable(finished: Finished) -> Finished:
-    # replace() keeps every other field (status, delay, refund, trace context) as it was.
-    return dataclasses.replace(
-        finished,
-        result=None,
-        error=None if finished.error is None else storable_text(finished.error),
-        traceback=None if finished.traceback is None else storable_text(finished.traceback),
-    )

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..context import AttemptContext, Outcome
+from ..context import AttemptContext
+from ..jobs import Outcome
 from ..middleware import CallNext, Middleware
 from .context_filter import attach_context_filter, attempt_fields, attempt_in_chain, trace_ids
 
@@ -92,7 +93,7 @@ class LogMiddleware(Middleware):
     def _failed(self, ctx: AttemptContext, exc: Exception, fields: dict[str, Any]) -> None:
         # Outer layers see the outcome settled by the inner ones; the fallback only guards a
         # chain that somehow did not settle it.
-        outcome: Outcome = ctx.outcome or ("dead_letter" if ctx.final else "retry")
+        outcome = ctx.outcome or (Outcome.DEAD_LETTER if ctx.final else Outcome.RETRY)
         event = JOB_RETRY if outcome == "retry" else JOB_DEAD_LETTER
         record = {
             "event": event,
