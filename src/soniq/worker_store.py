@@ -75,7 +75,7 @@ class WorkerStore:
             (done if plain else other).append(f)
         # Starts are records with no status (the job only started) and nothing else to write.
         blank: list[None] = [None] * len(starts)
-        pool = await self._store.pool()
+        pool = await self._store.claim_pool()
         rows = await pool.fetch(
             self._claim_due_sql if with_due else self._claim_sql,
             self.worker_id,
@@ -105,7 +105,7 @@ class WorkerStore:
 
     async def next_due(self) -> float | None:
         """Seconds until the next delayed job or retry this worker could run comes due."""
-        pool = await self._store.pool()
+        pool = await self._store.claim_pool()
         due: float | None = await pool.fetchval(
             sql.NEXT_DUE, self.queues, self.known_names, timeout=self._store.command_timeout
         )
