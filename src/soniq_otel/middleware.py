@@ -68,9 +68,31 @@ class TracingMiddleware(Middleware):
             ]
             | None
         ) = None
+        # (queue, job name, worker id) -> the span name and the attributes that do not change
+        # from one attempt to the next, built once.
+        self._static: dict[tuple[str, str, str], tuple[str, dict[str, AttributeValue]]] = {}
 
     def __repr__(self) -> str:
         return f"TracingMiddleware({self.config!r})"
+
+    def _static_of(self, ctx: AttemptContext) -> tuple[str, dict[str, AttributeValue]]:
+        key = (ctx.queue, ctx.job_name, ctx.worker_id)
+        found = self._static.get(key)
+        if found is None:
+            if len(self._static) > 10_000:  # queues and job names are few; this is a guard
+                self._static.clear()
+            found = self._static[key] = (
+                f"process {ctx.job_name}",
+                {
+                    A.MESSAGING_SYSTEM: A.SYSTEM,
+                    A.MESSAGING_OPERATION_NAME: "process",
+                    A.MESSAGING_OPERATION_TYPE: "process",
+                    A.MESSAGING_DESTINATION_NAME: ctx.queue,
+                    A.MESSAGING_CLIENT_ID: ctx.worker_id,
+                    A.JOB_NAME: ctx.job_name,
+                },
+            )
+        return found
 
     # -- provider ----------------------------------------------------------------------------
     @property
@@ -155,14 +177,10 @@ class TracingMiddleware(Middleware):
     async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
         tracer = self._tracer if self._tracer is not None else self.tracer
         parent, links = self._relations(ctx)
+        name, static = self._static_of(ctx)
         attrs: dict[str, AttributeValue] = {
-            A.MESSAGING_SYSTEM: A.SYSTEM,
-            A.MESSAGING_OPERATION_NAME: "process",
-            A.MESSAGING_OPERATION_TYPE: "process",
-            A.MESSAGING_DESTINATION_NAME: ctx.queue,
+            **static,
             A.MESSAGING_MESSAGE_ID: ctx.job_id,
-            A.MESSAGING_CLIENT_ID: ctx.worker_id,
-            A.JOB_NAME: ctx.job_name,
             A.JOB_ATTEMPT: ctx.attempt,
             A.JOB_MAX_ATTEMPTS: ctx.max_attempts,
             A.JOB_PRIORITY: ctx.priority,
@@ -173,11 +191,7 @@ class TracingMiddleware(Middleware):
         if self._record_all_args or self._record_arg_names:
             self._add_args(attrs, ctx.args)
         span = tracer.start_span(
-            f"process {ctx.job_name}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attrs,
-            links=links,
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=attrs, links=links
         )
         # Current for everything inside: user middlewares, hooks, the job (plain ``def`` jobs
         # get a copy of this context in their thread), and any span they start.
