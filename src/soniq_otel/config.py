@@ -46,6 +46,9 @@ class OtelConfig:
     ``max_queues``, ``overflow_label``: as for Prometheus, the queues that get a value of their
     own in the queue gauges; the rest are summed under ``overflow_label``.
     ``queue_state_interval``: seconds a read of the queue gauges is reused.
+    ``freeze_gc_at_start``: when a worker starts with tracing on, move the objects made so far
+    out of the garbage collector's reach (``gc.freeze()``), so the full collections that spans
+    waiting for export bring about do not walk them again and again (docs/tracing.md).
     """
 
     traces: bool = True
@@ -62,9 +65,10 @@ class OtelConfig:
     max_queues: int = 50
     overflow_label: str = "other"
     queue_state_interval: float = 5.0
+    freeze_gc_at_start: bool = True
 
     def __post_init__(self) -> None:
-        for flag in ("traces", "metrics", "logs"):
+        for flag in ("traces", "metrics", "logs", "freeze_gc_at_start"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(
                     f"OtelConfig.{flag} must be True or False, not {getattr(self, flag)!r}"

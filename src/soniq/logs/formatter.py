@@ -21,6 +21,7 @@ import json.encoder
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
+from itertools import islice
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -31,7 +32,12 @@ from pythonjsonlogger.json import JsonFormatter as _PythonJsonFormatter
 _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "exception"}
 # What the general path leaves out of the fields: the standard record attributes, and the
 # attributes of this Python's records (taskName since 3.12).
-_SKIP = frozenset(RESERVED_ATTRS) | frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_STANDARD = list(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_SKIP = frozenset(RESERVED_ATTRS) | frozenset(_STANDARD)
+# A record's own attributes come first, in the order LogRecord.__init__ sets them; ``extra``
+# fields and those filters add come after. Skipping the first ones unread saves looking each
+# up; a record whose start looks different (a custom record class) is read whole.
+_OWN, _LAST_OWN = len(_STANDARD), _STANDARD[-1]
 _UTC = timezone.utc
 
 
@@ -69,7 +75,13 @@ class JsonFormatter(_PythonJsonFormatter):
             data["exception"] = record.exc_text
         if record.stack_info:
             data["stack_info"] = self.formatStack(record.stack_info)
-        for key, value in record.__dict__.items():
+        values = record.__dict__
+        items = iter(values.items())
+        if len(values) > _OWN:
+            own = next(islice(items, _OWN - 1, _OWN))  # the last of a record's own
+            if own[0] != _LAST_OWN:
+                items = iter(values.items())
+        for key, value in items:
             if key not in _SKIP and key[:1] != "_":
                 data[key] = value
         return self._encode(data)
