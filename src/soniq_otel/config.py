@@ -43,8 +43,9 @@ class OtelConfig:
     at exit) waits for spans, metrics and log records to be exported.
     ``service_name``: ``service.name`` of a provider Soniq builds, when neither
     ``OTEL_SERVICE_NAME`` nor ``OTEL_RESOURCE_ATTRIBUTES`` gives one.
-    ``max_queues``, ``overflow_label``: as for Prometheus, the queues that get a value of their
-    own in the queue gauges; the rest are summed under ``overflow_label``.
+    ``max_queues``, ``max_job_names``, ``overflow_label``: as for Prometheus, the queues and job
+    names that get attribute values of their own; the rest (and job names the app has not
+    registered) share ``overflow_label``.
     ``queue_state_interval``: seconds a read of the queue gauges is reused.
     ``freeze_gc_at_start``: when a worker starts with tracing on, move the objects made so far
     out of the garbage collector's reach (``gc.freeze()``), so the full collections that spans
@@ -63,7 +64,8 @@ class OtelConfig:
     flush_timeout: float = 5.0
     service_name: str = "soniq"
     max_queues: int = 50
-    overflow_label: str = "other"
+    max_job_names: int = 100
+    overflow_label: str = "__other__"
     queue_state_interval: float = 5.0
     freeze_gc_at_start: bool = True
 
@@ -100,14 +102,12 @@ class OtelConfig:
             raise ConfigurationError(
                 f"OtelConfig.service_name must be a non-empty string, not {self.service_name!r}"
             )
-        if isinstance(self.max_queues, bool) or not isinstance(self.max_queues, int):
-            raise ConfigurationError(
-                f"OtelConfig.max_queues must be a whole number >= 1, not {self.max_queues!r}"
-            )
-        if self.max_queues < 1:
-            raise ConfigurationError(
-                f"OtelConfig.max_queues must be a whole number >= 1, not {self.max_queues!r}"
-            )
+        for cap in ("max_queues", "max_job_names"):
+            value = getattr(self, cap)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(
+                    f"OtelConfig.{cap} must be a whole number >= 1, not {value!r}"
+                )
         if not isinstance(self.overflow_label, str) or not self.overflow_label:
             raise ConfigurationError(
                 f"OtelConfig.overflow_label must be a non-empty string, not {self.overflow_label!r}"

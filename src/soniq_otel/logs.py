@@ -8,8 +8,8 @@ span's trace and span ids, and every other field of the JSON line (``event``, ``
 ``outcome``, ...) as an attribute. A :class:`~soniq.logs.JobContextFilter` on the handler gives
 the job code's records their job fields, as it does for the JSON stream.
 
-Why not the SDK's ``LoggingHandler``: from SDK 1.39 it warns that it is deprecated (in favour
-of ``opentelemetry-instrumentation-logging``), and it adds the file, function and line of every
+Why not the SDK's ``LoggingHandler``: the SDK installed here (1.45) warns that it is deprecated
+(in favour of ``opentelemetry-instrumentation-logging``'s), and it adds the file, function and line of every
 record, which for Soniq's events always name one module. This handler uses the same bridge
 API (``opentelemetry._logs``), which the SDK marks experimental by its leading underscore.
 """

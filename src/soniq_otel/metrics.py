@@ -115,7 +115,9 @@ class OtelMetrics(Middleware):
         self.config = config
         self.provider: Any = None
         self._queues = _Bounded(config.max_queues, config.overflow_label, None)
-        self._names = _Bounded(100, config.overflow_label, app.registry.__contains__)
+        self._names = _Bounded(
+            config.max_job_names, config.overflow_label, app.registry.__contains__
+        )
         self._by_raw: dict[tuple[str, str], _JobAttrs] = {}
         self._lock = threading.Lock()
         self._resolved = False

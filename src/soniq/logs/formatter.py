@@ -10,8 +10,7 @@ the field layout (``timestamp`` first, in UTC; ``level``, ``logger``, ``message`
 With its default options the formatter takes a shorter path to the same line: one dict built
 from the record and one call of python-json-logger's encoder (which still handles datetimes,
 exceptions, dataclasses and unknown objects). The general path (field list, renames, static
-fields, a hook per record) cost about half of a job event's record; it is taken whenever an
-option is passed.
+fields, a hook per record) is taken whenever an option is passed.
 """
 
 from __future__ import annotations
