@@ -270,3 +270,39 @@ async def test_worker_exports_traces_metrics_and_logs_over_otlp(
     # The JSON stream is still there, beside the OTLP records.
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert sum(1 for line in lines if line.get("event") == "job.done") == QUICK_JOBS + 1
+
+
+async def test_misconfigured_metrics_and_logs_exporters_never_fail_a_job(
+    app_dir: Path, clean_db: str
+) -> None:
+    app = Soniq(clean_db)
+
+    @app.job(name="signals.quick")
+    def quick(n: int) -> int:
+        return n
+
+    try:
+        job_ids = await app.enqueue_many(quick, [{"n": i} for i in range(20)])
+        worker = start_worker(
+            app_dir,
+            clean_db,
+            "--instrument",
+            "otel",
+            "--instrument",
+            "logs",
+            worker_app="signals_app:app",
+            OTEL_METRICS_EXPORTER="otlp",
+            OTEL_LOGS_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/json",
+        )
+        try:
+            for job_id in job_ids:
+                await wait_status(app, job_id, "done", timeout=60)
+        finally:
+            code, output, _ = await stop_worker(worker)
+    finally:
+        await app.close()
+    assert code == 0, output
+    # Each signal reports the setting once, at start-up; twenty jobs add nothing.
+    reports = [line for line in output.splitlines() if "failed" in line and "http/json" in line]
+    assert 1 <= len(reports) <= 3, output

@@ -9,9 +9,10 @@ span's trace and span ids, and every other field of the JSON line (``event``, ``
 the job code's records their job fields, as it does for the JSON stream.
 
 Why not the SDK's ``LoggingHandler``: the SDK installed here (1.45) warns that it is deprecated
-(in favour of ``opentelemetry-instrumentation-logging``'s), and it adds the file, function and line of every
-record, which for Soniq's events always name one module. This handler uses the same bridge
-API (``opentelemetry._logs``), which the SDK marks experimental by its leading underscore.
+(in favour of ``opentelemetry-instrumentation-logging``'s), and it adds the file, function and
+line of every record, which for Soniq's events always name one module. This handler uses the
+same bridge API (``opentelemetry._logs``), which the SDK marks experimental by its leading
+underscore.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ class OtelLogHandler(logging.Handler):
                     self.provider = cfg.logger_provider or global_or_built_logger_provider(
                         cfg.service_name, cfg.flush_timeout
                     )
+                except Exception:
+                    from opentelemetry._logs import NoOpLoggerProvider
+
+                    # A misconfigured exporter is reported once (by the worker's start-up, as
+                    # a telemetry error); the records then go nowhere, not to an error each.
+                    self.provider = NoOpLoggerProvider()
+                    raise
                 finally:
                     self._resolving.on = False
             return self.provider
