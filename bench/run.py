@@ -351,15 +351,23 @@ class Bench:
             self.results["telemetry"][name].append(rate)
             self.telemetry_cpu[name].append(self.last_cpu_us)
 
-    def measure_telemetry_floor(self) -> None:
+    async def measure_telemetry_floor(self) -> None:
         """What the libraries alone cost per job of the full profile: one recorded SDK span
-        and one JSON log record (bench/telemetry_floor.py), in this process."""
+        and one JSON log record (bench/telemetry_floor.py), in this process; and the full
+        profile's chain against the plain one in a tight loop, timed the same way."""
         from bench import telemetry_floor
 
         calls = 20_000
         span = median([telemetry_floor.span_cost_us(calls) for _ in range(3)])
         record = median([telemetry_floor.log_record_cost_us(calls) for _ in range(3)])
-        self.telemetry_floor = {"span_us": span, "log_record_us": record}
+        plain = await telemetry_floor.chain_cost_us(False, calls // 4)
+        full = await telemetry_floor.chain_cost_us(True, calls // 4)
+        self.telemetry_floor = {
+            "span_us": span,
+            "log_record_us": record,
+            "chain_plain_us": plain,
+            "chain_full_us": full,
+        }
 
     # -- scale check (Soniq only) ----------------------------------------------------------
     async def scale(self) -> None:
@@ -429,7 +437,7 @@ class Bench:
         if self.with_scale and self.wanted("scale"):
             await self.scale()
         if self.wanted("telemetry"):
-            self.measure_telemetry_floor()
+            await self.measure_telemetry_floor()
 
     # -- report ----------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -476,6 +484,12 @@ class Bench:
                 tel["own_us"] = (
                     tel["full"]["cpu_us_per_job"]
                     - plain["cpu_us_per_job"]
+                    - floor["span_us"]
+                    - floor["log_record_us"]
+                )
+                tel["own_us_chain"] = (
+                    floor["chain_full_us"]
+                    - floor["chain_plain_us"]
                     - floor["span_us"]
                     - floor["log_record_us"]
                 )
@@ -583,6 +597,11 @@ def print_table(report: dict[str, Any], sizes: Sizes) -> str:
                 f"{plain['cpu_us_per_job']:.1f} - library floor ({floor['span_us']:.1f} span + "
                 f"{floor['log_record_us']:.1f} log record) = {tel['own_us']:.1f} us/job   "
                 f"target <= {t['own_us']:.0f}"
+            )
+            add(
+                f"    the same, of the chain alone in a tight loop: {floor['chain_full_us']:.1f} - "
+                f"{floor['chain_plain_us']:.1f} - {floor['span_us']:.1f} - "
+                f"{floor['log_record_us']:.1f} = {tel['own_us_chain']:.1f} us/attempt"
             )
     for variant, why in report["notes"].items():
         add(f"note: {variant}: {why}")
