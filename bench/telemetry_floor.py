@@ -64,6 +64,10 @@ class BareJsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+# A sampled enqueue span's context, as a traced enqueue writes it into each job.
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 def _per_call_us(call: Callable[[], object], calls: int) -> float:
     """CPU microseconds per call (this process, every thread: the span processor's too)."""
     started = time.process_time()
@@ -199,6 +203,8 @@ async def chain_cost_us(instrumented: bool, calls: int) -> float:
                     queue_wait_s=0.012,
                     worker_id="host:1234:abcdef12",
                     spec=spec,
+                    # Made by a traced enqueue, as the floor's span assumes: a parent and a link.
+                    trace_context={"traceparent": TRACEPARENT},
                 )
                 for _ in range(calls)
             ]
@@ -244,8 +250,8 @@ async def main(args: argparse.Namespace) -> None:
     span = statistics.median(span_cost_us(args.calls) for _ in range(3))
     record = statistics.median(log_record_cost_us(args.calls) for _ in range(3))
 
-    plain_chain = await chain_cost_us(False, args.calls)
-    full_chain = await chain_cost_us(True, args.calls)
+    plain_chain = min([await chain_cost_us(False, args.calls // 4) for _ in range(3)])
+    full_chain = min([await chain_cost_us(True, args.calls // 4) for _ in range(3)])
 
     def bound(libraries: float) -> float:
         return round(min(1.0, wall / (own + libraries)), 2)
