@@ -5,10 +5,12 @@ are checked against the jobs run, and every log record's trace id against its at
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -18,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from soniq import Soniq
 from soniq_otel import OtelConfig
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedLog, ReceivedPoint, ReceivedSpan
-from tests.support.waiting import wait_status, wait_until
+from tests.support.waiting import running_worker, wait_status, wait_until
 from tests.test_otel_otlp import start_worker, stop_worker
 
 QUICK_JOBS = 12
@@ -306,3 +308,66 @@ async def test_misconfigured_metrics_and_logs_exporters_never_fail_a_job(
     # Each signal reports the setting once, at start-up; twenty jobs add nothing.
     reports = [line for line in output.splitlines() if "failed" in line and "http/json" in line]
     assert 1 <= len(reports) <= 3, output
+
+
+def gauge_points(reader: Any, name: str) -> list[tuple[dict[str, Any], float]]:
+    found = []
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data is not None else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    found.extend((dict(p.attributes), p.value) for p in metric.data.data_points)
+    return found
+
+
+async def test_queue_gauges_have_one_reporter_in_a_fleet(clean_db: str) -> None:
+    """Two apps (as two processes would be) with OTel metrics, both running a worker: the
+    queue gauges come from exactly one of them, and count every queued job once."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    apps, readers = [], []
+    for _ in range(2):
+        reader = InMemoryMetricReader()
+        app = Soniq(clean_db, poll_interval=0.2)
+        app.instrument(
+            otel=OtelConfig(
+                traces=False,
+                metrics=True,
+                meter_provider=MeterProvider(metric_readers=[reader]),
+                queue_state_interval=0.1,
+            )
+        )
+
+        @app.job(name="signals.later")
+        async def later(n: int) -> int:
+            return n
+
+        apps.append(app)
+        readers.append(reader)
+    try:
+        await apps[0].enqueue_many("signals.later", [{"n": i} for i in range(7)], scheduled_at=3600)
+        async with (
+            running_worker(apps[0], queues=["elsewhere"]),
+            running_worker(apps[1], queues=["elsewhere"]),
+        ):
+            # The SDK collects on the reader's caller: off the loop, as its export thread does.
+            async def reports() -> list[list[tuple[dict[str, Any], float]]] | None:
+                seen = [
+                    await asyncio.to_thread(gauge_points, r, "soniq.queue.jobs") for r in readers
+                ]
+                return seen if any(seen) else None
+
+            seen = await wait_until(reports, timeout=30, what="a queue-gauge report")
+            live = [await asyncio.to_thread(gauge_points, r, "soniq.workers.live") for r in readers]
+    finally:
+        for app in apps:
+            await app.close()
+    assert sorted(bool(s) for s in seen) == [False, True]
+    [reported] = [s for s in seen if s]
+    by_state = {attrs["soniq.job.state"]: value for attrs, value in reported}
+    assert by_state == {"ready": 0, "scheduled": 7, "processing": 0, "dead_letter": 0}
+    assert {attrs["messaging.destination.name"] for attrs, _ in reported} == {"default"}
+    assert sorted(len(points) for points in live) == [0, 1]
+    assert max(points[0][1] for points in live if points) == 2
