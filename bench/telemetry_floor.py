@@ -197,7 +197,6 @@ async def chain_cost_us(instrumented: bool, calls: int) -> float:
     from soniq import AttemptContext
     from soniq.executor import JobExecutor
     from soniq.logs import JsonFormatter
-    from soniq.middleware import compose
     from soniq_otel import OtelConfig
 
     app = Soniq("postgresql://nobody@127.0.0.1:1/none")
@@ -218,7 +217,7 @@ async def chain_cost_us(instrumented: bool, calls: int) -> float:
         root.setLevel(logging.INFO)
         app.instrument(otel=OtelConfig(tracer_provider=provider), prometheus=True, logs=True)
     spec = app.registry.spec("bench.job")
-    call = compose(app.middleware, app.hooks.wrap(JobExecutor(1)))
+    call = app.middleware.job_call(JobExecutor(1))
     now = datetime.now(timezone.utc)
     best = float("inf")
     try:
