@@ -254,7 +254,8 @@ class OtelMetrics(Middleware):
             if outcome is not None:
                 ms = ctx.duration_ms  # the job function's own time, when it was called
                 seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
-                attrs = job.ended(outcome, None if error is None else _error_type(error))
+                # str(): an Outcome is its text; the attribute is a plain string.
+                attrs = job.ended(str(outcome), None if error is None else _error_type(error))
                 self.process_duration.record(seconds, attrs)
                 self.attempts.add(1, attrs)
 
