@@ -86,6 +86,14 @@ DRAIN_VARIANTS: list[tuple[str, str, list[str]]] = [
     ("minimal", "minimal", []),
 ]
 
+# The telemetry scenario (issue 20): the plain drain and two instrumented profiles, one process.
+TELEMETRY_PROFILES: list[tuple[str, list[str]]] = [
+    ("plain", []),
+    ("full", ["--telemetry", "full"]),
+    ("production", ["--telemetry", "production"]),
+]
+TELEMETRY_TARGETS = {"full": 0.35, "production": 0.6, "own_us": 15.0}
+
 System = SoniqSystem | PgQueuerSystem | Minimal
 
 
@@ -110,6 +118,10 @@ class Bench:
         # results[scenario][variant] -> list of samples (jobs/s, or latency lists)
         self.results: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
         self.notes: dict[str, str] = {}
+        # CPU microseconds per job of the worker process(es) in the last drain.
+        self.last_cpu_us = 0.0
+        self.telemetry_cpu: dict[str, list[float]] = defaultdict(list)
+        self.telemetry_floor: dict[str, float] = {}
 
     def wanted(self, scenario: str) -> bool:
         return self.only is None or scenario in self.only
@@ -263,12 +275,15 @@ class Bench:
         if left or ran < n:
             raise RuntimeError(f"{system_name} drain left {left} jobs, ran {ran} of {n}")
         if "spans" in results[0]:
-            # One process span per attempt and a job.started and job.done line per job, at
-            # least: fewer would mean telemetry was dropped and the figure flattered.
+            # One job.done line per job, and one process span per attempt (sampled at 100 %)
+            # or about a tenth of them (10 %), at least: fewer would mean telemetry was dropped
+            # and the figure flattered.
             spans = sum(r["spans"] for r in results)
             lines = sum(r["log_lines"] for r in results)
-            if spans < n or lines < 2 * n:
+            wanted_spans = n if "production" not in extra else n // 20
+            if spans < wanted_spans or lines < n or ("production" in extra and spans > n // 5):
                 raise RuntimeError(f"telemetry dropped: {spans} spans, {lines} log lines")
+        self.last_cpu_us = sum(r.get("cpu", 0.0) for r in results) / n * 1e6
         return n / elapsed
 
     async def latency(self, names: list[str]) -> dict[str, list[float]]:
@@ -324,6 +339,35 @@ class Bench:
                 raise RuntimeError(f"{name}: only {len(lat)} of {sent[name]} latency samples")
             out[name] = lat
         return out
+
+    # -- telemetry cost (Soniq only) --------------------------------------------------------
+    async def telemetry(self, rep: int) -> None:
+        """The plain drain and the two instrumented profiles, one process each, rotated."""
+        turn = rep % len(TELEMETRY_PROFILES)
+        for name, extra in TELEMETRY_PROFILES[turn:] + TELEMETRY_PROFILES[:turn]:
+            await self.preload("soniq", self.sizes.drain)
+            rate = await self.run_drain("soniq", extra, 1, self.sizes.drain)
+            assert isinstance(rate, float)
+            self.results["telemetry"][name].append(rate)
+            self.telemetry_cpu[name].append(self.last_cpu_us)
+
+    async def measure_telemetry_floor(self) -> None:
+        """What the libraries alone cost per job of the full profile: one recorded SDK span
+        and one JSON log record (bench/telemetry_floor.py), in this process; and the full
+        profile's chain against the plain one in a tight loop, timed the same way."""
+        from bench import telemetry_floor
+
+        # Five interleaved rounds, the least of each: other load on the machine only ever adds
+        # to a timing, and the four are subtracted from one another.
+        calls = 5_000
+        runs: dict[str, list[float]] = defaultdict(list)
+        for _ in range(5):
+            runs["span_us"].append(telemetry_floor.span_cost_us(calls))
+            runs["log_record_us"].append(telemetry_floor.log_record_cost_us(calls))
+            runs["libraries_us"].append(telemetry_floor.libraries_cost_us(calls))
+            runs["chain_plain_us"].append(await telemetry_floor.chain_cost_us(False, calls))
+            runs["chain_full_us"].append(await telemetry_floor.chain_cost_us(True, calls))
+        self.telemetry_floor = {name: min(values) for name, values in runs.items()}
 
     # -- scale check (Soniq only) ----------------------------------------------------------
     async def scale(self) -> None:
@@ -387,15 +431,19 @@ class Bench:
             if self.wanted("latency"):
                 for name, samples in (await self.latency(order)).items():
                     self.results["latency"][name].append(samples)
+            if self.wanted("telemetry"):
+                await self.telemetry(rep)
             log("round done")
         if self.with_scale and self.wanted("scale"):
             await self.scale()
+        if self.wanted("telemetry"):
+            await self.measure_telemetry_floor()
 
     # -- report ----------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"throughput": {}, "latency": {}, "scale": {}, "notes": self.notes}
         for scenario, per in self.results.items():
-            if scenario in ("latency", "scale", "quarters"):
+            if scenario in ("latency", "scale", "quarters", "telemetry"):
                 continue
             out["throughput"][scenario] = {
                 v: {"median": median(samples), "samples": samples} for v, samples in per.items()
@@ -416,6 +464,32 @@ class Bench:
             for label, runs in self.results.get("quarters", {}).items()
             if runs and all(len(run) == 4 for run in runs)
         }
+        rates = self.results.get("telemetry", {})
+        if rates:
+            tel: dict[str, Any] = {
+                name: {
+                    "median": median(rates[name]),
+                    "samples": rates[name],
+                    "cpu_us_per_job": median(self.telemetry_cpu[name]),
+                    "cpu_samples": self.telemetry_cpu[name],
+                }
+                for name in rates
+            }
+            floor = self.telemetry_floor
+            tel["floor"] = floor
+            plain = tel["plain"]
+            tel["ratio_full"] = tel["full"]["median"] / plain["median"]
+            tel["ratio_production"] = tel["production"]["median"] / plain["median"]
+            if floor:
+                libraries = floor["libraries_us"]
+                tel["own_us"] = tel["full"]["cpu_us_per_job"] - plain["cpu_us_per_job"] - libraries
+                tel["own_us_chain"] = floor["chain_full_us"] - floor["chain_plain_us"] - libraries
+                # The same with the floor taken apart (span alone + record alone), for comparison
+                # with figures before the joint floor.
+                tel["own_us_chain_apart"] = (
+                    tel["own_us_chain"] + libraries - floor["span_us"] - floor["log_record_us"]
+                )
+            out["telemetry"] = tel
         return out
 
 
@@ -492,6 +566,42 @@ def print_table(report: dict[str, Any], sizes: Sizes) -> str:
             u / a for u, a in zip(quarters["never analyzed"], quarters["analyzed"], strict=True)
         ]
         add(f"  {'ratio':<16}" + "".join(f"{r:>9.2f}" for r in ratios))
+    tel = report.get("telemetry")
+    if tel:
+        t = TELEMETRY_TARGETS
+        plain, full, prod = tel["plain"], tel["full"], tel["production"]
+        add("")
+        add(f"Telemetry cost: draining {sizes.drain:,} no-op jobs, one process (median of runs)")
+        head = f"{'profile':<58}{'jobs/s':>9}{'CPU us/job':>12}{'ratio':>8}"
+        add(head)
+        add("-" * len(head))
+        add(f"{'plain':<58}{plain['median']:>9,.0f}{plain['cpu_us_per_job']:>12.1f}")
+        add(
+            f"{'(a) traces 100 % + metrics + JSON logs':<58}{full['median']:>9,.0f}"
+            f"{full['cpu_us_per_job']:>12.1f}{tel['ratio_full']:>8.2f}"
+            f"   target >= {t['full']}"
+        )
+        add(
+            f"{'(b) parent-based 10 % + metrics + JSON logs (default lvl)':<58}"
+            f"{prod['median']:>9,.0f}{prod['cpu_us_per_job']:>12.1f}"
+            f"{tel['ratio_production']:>8.2f}   target >= {t['production']}"
+        )
+        if "own_us" in tel:
+            floor = tel["floor"]
+            add(
+                f"(c) Soniq's own share of (a), target <= {t['own_us']:.0f} us; library floor "
+                f"{floor['libraries_us']:.1f} us: a span and a log record in one loop (apart: "
+                f"{floor['span_us']:.1f} + {floor['log_record_us']:.1f})"
+            )
+            add(
+                f"    the chain alone, tight loop (best of 5): {floor['chain_full_us']:.1f} - "
+                f"{floor['chain_plain_us']:.1f} - floor = {tel['own_us_chain']:.1f} us/attempt "
+                f"({tel['own_us_chain_apart']:.1f} with the floor apart)"
+            )
+            add(
+                f"    the whole drain (worker CPU, median): {full['cpu_us_per_job']:.1f} - "
+                f"{plain['cpu_us_per_job']:.1f} - floor = {tel['own_us']:.1f} us/job"
+            )
     for variant, why in report["notes"].items():
         add(f"note: {variant}: {why}")
     text = "\n".join(lines)
@@ -543,7 +653,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, two rounds")
     parser.add_argument("--reps", type=int, help="rounds (default 3, quick 2)")
-    parser.add_argument("--only", help="comma-separated subset of: enqueue,drain,latency,scale")
+    parser.add_argument(
+        "--only", help="comma-separated subset of: enqueue,drain,latency,telemetry,scale"
+    )
     parser.add_argument("--no-scale", action="store_true", help="skip the 1M-row scale check")
     asyncio.run(amain(parser.parse_args()))
 

@@ -24,7 +24,15 @@ async def main() -> None:
     parser.add_argument("mode", choices=["drain", "serve"])
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--config", default="b10", help="pgqueuer configuration")
-    parser.add_argument("--instrument", action="store_true", help="Soniq: all telemetry on")
+    parser.add_argument(
+        "--instrument", action="store_true", help="Soniq: all telemetry on (--telemetry full)"
+    )
+    parser.add_argument(
+        "--telemetry",
+        choices=["full", "production"],
+        help="Soniq: full = traces sampled at 100 %%, metrics, JSON logs; production = "
+        "parent-based 10 %% trace sampling, metrics, JSON logs at default levels",
+    )
     parser.add_argument(
         "--limit", type=int, default=0, help="drain: stop after this many jobs (Soniq only)"
     )
@@ -57,8 +65,9 @@ async def main() -> None:
         from bench.sys_soniq import Telemetry, make_app
 
         app = make_app(opts.url, job)
-        if opts.instrument:
-            telemetry = Telemetry()
+        profile = opts.telemetry or ("full" if opts.instrument else None)
+        if profile is not None:
+            telemetry = Telemetry(profile)
             missing = telemetry.install(app)
             if missing is not None:
                 emit("READY")
@@ -89,8 +98,16 @@ async def main() -> None:
         return
     started = now()
     if opts.mode == "drain":
+        # CPU of every thread of this process (the span processor's too), per drain.
+        cpu_started = time.process_time()
         await run()
-        result = {"start": started, "end": reached or now(), "ran": ran, "marks": marks}
+        result = {
+            "start": started,
+            "end": reached or now(),
+            "ran": ran,
+            "marks": marks,
+            "cpu": time.process_time() - cpu_started,
+        }
         if telemetry is not None:
             result.update(telemetry.finish())
         emit("RESULT", result)

@@ -78,6 +78,18 @@ def captured() -> Iterator[Capture]:
         root.setLevel(level)
 
 
+@pytest.fixture
+def started_too() -> Iterator[None]:
+    """``job.started`` is DEBUG: the ``soniq.jobs`` logger at DEBUG lets it through."""
+    jobs = logging.getLogger("soniq.jobs")
+    level = jobs.level
+    jobs.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        jobs.setLevel(level)
+
+
 class SpanLayer(Middleware):
     """A tracing layer where soniq_otel's goes (order 10): the attempt's span is current
     inside every layer behind it."""
@@ -133,7 +145,9 @@ def as_json(record: logging.LogRecord) -> dict[str, Any]:
 # A real worker run.
 
 
-async def test_success_records_fields_and_no_arguments(app: Soniq, captured: Capture) -> None:
+async def test_success_records_fields_and_no_arguments(
+    app: Soniq, captured: Capture, started_too: None
+) -> None:
     @app.job(name="logs_ok", queue="mail", max_retries=2)
     async def ok(secret: str) -> str:
         return "sent"
@@ -145,9 +159,10 @@ async def test_success_records_fields_and_no_arguments(app: Soniq, captured: Cap
         await wait_until(lambda: captured.events("job.done"), what="job.done record")
 
     started, done = captured.one("job.started"), captured.one("job.done")
+    assert started.levelno == logging.DEBUG
+    assert done.levelno == logging.INFO
     for record in (started, done):
         assert record.name == "soniq.jobs"
-        assert record.levelno == logging.INFO
         assert record.__dict__["job_id"] == job_id
         assert record.__dict__["job_name"] == "logs_ok"
         assert record.__dict__["queue"] == "mail"
@@ -178,7 +193,28 @@ async def test_success_records_fields_and_no_arguments(app: Soniq, captured: Cap
     assert f"job_id={job_id}" in line
 
 
-async def test_arguments_are_logged_only_when_opted_in(app: Soniq, captured: Capture) -> None:
+async def test_at_info_a_successful_attempt_is_one_record(app: Soniq, captured: Capture) -> None:
+    """The default level logs each attempt once, at its end, as Oban does: the start is DEBUG."""
+
+    @app.job(name="logs_once")
+    async def once(n: int) -> int:
+        return n
+
+    app.instrument(logs=True)
+    job_ids = await app.enqueue_many(once, [{"n": i} for i in range(5)])
+    async with running_worker(app):
+        for job_id in job_ids:
+            await wait_status(app, job_id, "done")
+        await wait_until(lambda: len(captured.events("job.done")) == 5, what="5 job.done records")
+    attempt_records = [r for r in captured.records if r.name == "soniq.jobs"]
+    assert sorted(r.__dict__["job_id"] for r in attempt_records) == sorted(job_ids)
+    assert {r.__dict__["event"] for r in attempt_records} == {"job.done"}
+    assert captured.events("job.started") == []
+
+
+async def test_arguments_are_logged_only_when_opted_in(
+    app: Soniq, captured: Capture, started_too: None
+) -> None:
     @app.job(name="logs_args")
     async def take(user_id: int, note: str) -> None:
         return None
@@ -191,7 +227,8 @@ async def test_arguments_are_logged_only_when_opted_in(app: Soniq, captured: Cap
     started = captured.one("job.started")
     assert started.__dict__["job_args"] == {"user_id": 7, "note": "a b"}
     assert as_json(started)["job_args"] == {"user_id": 7, "note": "a b"}
-    assert "job_args" not in captured.one("job.done").__dict__
+    # At INFO the end of the attempt is its only record, so it carries them too.
+    assert captured.one("job.done").__dict__["job_args"] == {"user_id": 7, "note": "a b"}
 
 
 async def test_retry_then_dead_letter(app: Soniq, captured: Capture) -> None:
@@ -439,14 +476,9 @@ async def test_cli_worker_json_lines_without_secrets(
     for line in lines:
         assert datetime.fromisoformat(line["timestamp"]).utcoffset() == timedelta(0)
     events = [line.get("event") for line in lines]
-    for event in (
-        "worker.started",
-        "job.started",
-        "job.done",
-        "job.dead_letter",
-        "worker.stopping",
-    ):
+    for event in ("worker.started", "job.done", "job.dead_letter", "worker.stopping"):
         assert event in events
+    assert "job.started" not in events  # DEBUG; the CLI logs INFO by default
     (uses,) = [line for line in lines if line["message"].startswith("Soniq uses database")]
     assert "***" in uses["message"]
     (user,) = [line for line in lines if line["message"] == "user line in job"]
@@ -456,7 +488,7 @@ async def test_cli_worker_json_lines_without_secrets(
 
 
 async def test_records_carry_the_ids_of_soniq_otels_attempt_span(
-    app: Soniq, captured: Capture
+    app: Soniq, captured: Capture, started_too: None
 ) -> None:
     """With the real tracing layer (not a stand-in), every record of an attempt, the layer's own
     and the user's, names the exported ``process`` span."""

@@ -531,7 +531,7 @@ async def test_arguments_are_attributes_only_when_asked(
 async def test_log_records_of_an_attempt_carry_its_span(
     traced: Soniq, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="soniq.jobs")
+    caplog.set_level(logging.DEBUG, logger="soniq.jobs")  # job.started is DEBUG
     traced.instrument(logs=True)  # behind tracing: order 10, then 20
     assert [m.order for m in traced.middleware] == [10, 20]
 

@@ -70,10 +70,16 @@ def app_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def start_worker(app_dir: Path, database_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+def start_worker(
+    app_dir: Path,
+    database_url: str,
+    *args: str,
+    worker_app: str = "otel_test_app:app",
+    **env: str,
+) -> subprocess.Popen[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "soniq", "worker", "otel_test_app:app", *args],
+        [sys.executable, "-m", "soniq", "worker", worker_app, *args],
         cwd=app_dir,
         env={**clean, "SONIQ_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **env},
         stdout=subprocess.PIPE,

@@ -1,8 +1,10 @@
-"""Where spans go: the application's tracer provider, or one built from ``OTEL_*`` variables.
+"""Where spans, metrics and log records go: the application's providers, or ones built from
+``OTEL_*`` variables.
 
 The SDK and the OTLP exporters read almost every variable themselves (sampler, resource,
-endpoint, headers, timeouts, batch sizes); this module only picks the exporter and protocol,
-which the SDK leaves to its auto-configuration entry points, and bounds the time spent flushing.
+endpoint, headers, timeouts, batch sizes, export interval); this module only picks the
+exporter and protocol, which the SDK leaves to its auto-configuration entry points, and bounds
+the time spent flushing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -28,6 +31,36 @@ logger = logging.getLogger("soniq.otel")
 DEFAULT_PROTOCOL = "http/protobuf"
 
 _lock = threading.Lock()
+
+
+def _resource(service_name: str) -> Resource:
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    return resource
+
+
+def _sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def _protocol(signal: str) -> str:
+    return (
+        (
+            os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or DEFAULT_PROTOCOL
+        )
+        .strip()
+        .lower()
+    )
+
+
+def _unsupported_protocol(protocol: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"OTLP protocol {protocol!r} (OTEL_EXPORTER_OTLP_PROTOCOL) is not supported; "
+        f"use grpc or http/protobuf"
+    )
 
 
 def global_or_built(service_name: str, flush_timeout: float) -> trace.TracerProvider:
@@ -53,12 +86,10 @@ def build_tracer_provider(
     ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`` (``http/protobuf`` or ``grpc``) and the exporters'
     own ``OTEL_EXPORTER_OTLP_*`` and ``OTEL_BSP_*`` variables.
     """
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if _sdk_disabled():
         return trace.NoOpTracerProvider()
     exporters = [_exporter(name) for name in _exporter_names()]
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    resource = _resource(service_name)
     # Not the SDK's own exit hook: that one waits for a stuck exporter for up to 30 s.
     provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in exporters:
@@ -70,9 +101,7 @@ def build_tracer_provider(
 
 
 def _exporter_names() -> list[str]:
-    raw = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
-    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
-    return [n for n in names if n != "none"]
+    return _names("OTEL_TRACES_EXPORTER")
 
 
 def _exporter(name: str) -> SpanExporter:
@@ -83,15 +112,7 @@ def _exporter(name: str) -> SpanExporter:
             f"OTEL_TRACES_EXPORTER={name!r} is not supported by Soniq's tracing; use otlp, "
             f"console or none, or set up a tracer provider yourself"
         )
-    protocol = (
-        (
-            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or DEFAULT_PROTOCOL
-        )
-        .strip()
-        .lower()
-    )
+    protocol = _protocol("traces")
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
@@ -104,14 +125,146 @@ def _exporter(name: str) -> SpanExporter:
         )
 
         return HttpExporter()
-    raise ConfigurationError(
-        f"OTLP protocol {protocol!r} (OTEL_EXPORTER_OTLP_PROTOCOL) is not supported; "
-        f"use grpc or http/protobuf"
+    raise _unsupported_protocol(protocol)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def global_or_built_meter_provider(service_name: str, flush_timeout: float) -> Any:
+    """The global meter provider if the application set one; else one built from ``OTEL_*``
+    variables (then made global, so the job code's own instruments export with Soniq's)."""
+    from opentelemetry import metrics
+
+    with _lock:
+        current = metrics.get_meter_provider()
+        # The API hands out a proxy until a provider is set; its class is not public.
+        if type(current).__name__ != "_ProxyMeterProvider":
+            return current
+        built = build_meter_provider(service_name, flush_timeout)
+        metrics.set_meter_provider(built)
+        logger.info("Soniq metrics: no meter provider was set; built one from OTEL_* variables")
+        return metrics.get_meter_provider()
+
+
+def build_meter_provider(service_name: str = "soniq", flush_timeout: float = 5.0) -> Any:
+    """A meter provider exporting over OTLP every ``OTEL_METRIC_EXPORT_INTERVAL`` ms (the
+    SDK's default: 60 s), with ``OTEL_EXPORTER_OTLP[_METRICS]_PROTOCOL`` and the exporter's
+    own variables; ``OTEL_METRICS_EXPORTER=console`` prints instead."""
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        MetricExporter,
+        PeriodicExportingMetricReader,
     )
+
+    if _sdk_disabled():
+        return NoOpMeterProvider()
+    names = _names("OTEL_METRICS_EXPORTER")
+    readers = []
+    for name in names:
+        exporter: MetricExporter
+        if name == "console":
+            exporter = ConsoleMetricExporter()
+        elif name == "otlp":
+            protocol = _protocol("metrics")
+            if protocol == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                    OTLPMetricExporter as GrpcMetricExporter,
+                )
+
+                exporter = GrpcMetricExporter()
+            elif protocol == "http/protobuf":
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                    OTLPMetricExporter as HttpMetricExporter,
+                )
+
+                exporter = HttpMetricExporter()
+            else:
+                raise _unsupported_protocol(protocol)
+        else:
+            raise ConfigurationError(
+                f"OTEL_METRICS_EXPORTER={name!r} is not supported by Soniq; use otlp, console "
+                f"or none, or set up a meter provider yourself"
+            )
+        readers.append(PeriodicExportingMetricReader(exporter))
+    provider = MeterProvider(
+        resource=_resource(service_name), metric_readers=readers, shutdown_on_exit=False
+    )
+    atexit.register(_flush_at_exit, provider, flush_timeout)
+    return provider
+
+
+# -- logs --------------------------------------------------------------------------------------
+def global_or_built_logger_provider(service_name: str, flush_timeout: float) -> Any:
+    """The global logger provider if the application set one; else one built from ``OTEL_*``
+    variables (then made global)."""
+    from opentelemetry import _logs
+
+    with _lock:
+        current = _logs.get_logger_provider()
+        if type(current).__name__ != "ProxyLoggerProvider":
+            return current
+        built = build_logger_provider(service_name, flush_timeout)
+        _logs.set_logger_provider(built)
+        logger.info("Soniq logs: no logger provider was set; built one from OTEL_* variables")
+        return _logs.get_logger_provider()
+
+
+def build_logger_provider(service_name: str = "soniq", flush_timeout: float = 5.0) -> Any:
+    """A logger provider exporting over OTLP through a batch processor (its own thread;
+    ``OTEL_BLRP_*`` variables), with ``OTEL_EXPORTER_OTLP[_LOGS]_PROTOCOL``;
+    ``OTEL_LOGS_EXPORTER=console`` prints instead."""
+    from opentelemetry._logs import NoOpLoggerProvider
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (
+        BatchLogRecordProcessor,
+        ConsoleLogRecordExporter,
+        LogRecordExporter,
+    )
+
+    if _sdk_disabled():
+        return NoOpLoggerProvider()
+    provider = LoggerProvider(resource=_resource(service_name), shutdown_on_exit=False)
+    for name in _names("OTEL_LOGS_EXPORTER"):
+        exporter: LogRecordExporter
+        if name == "console":
+            exporter = ConsoleLogRecordExporter()
+        elif name == "otlp":
+            protocol = _protocol("logs")
+            if protocol == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
+                    OTLPLogExporter as GrpcLogExporter,
+                )
+
+                exporter = GrpcLogExporter()
+            elif protocol == "http/protobuf":
+                from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+                    OTLPLogExporter as HttpLogExporter,
+                )
+
+                exporter = HttpLogExporter()
+            else:
+                raise _unsupported_protocol(protocol)
+        else:
+            raise ConfigurationError(
+                f"OTEL_LOGS_EXPORTER={name!r} is not supported by Soniq; use otlp, console or "
+                f"none, or set up a logger provider yourself"
+            )
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    atexit.register(_flush_at_exit, provider, flush_timeout)
+    return provider
+
+
+def _names(variable: str) -> list[str]:
+    """The exporters a variable names; unset means ``otlp`` (the signal was switched on by
+    the config)."""
+    raw = os.environ.get(variable, "otlp")
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    return [n for n in names if n != "none"]
 
 
 def flush_in_thread(
-    provider: trace.TracerProvider, timeout: float, on_done: Callable[[], None] | None = None
+    provider: object, timeout: float, on_done: Callable[[], None] | None = None
 ) -> threading.Event | None:
     """Start ``provider.force_flush`` on a daemon thread; the event is set when it returns.
 
@@ -127,7 +280,7 @@ def flush_in_thread(
         try:
             force_flush(max(1, int(timeout * 1000)))
         except Exception:
-            logger.exception("Soniq tracing: flushing spans failed")
+            logger.exception("Soniq telemetry: flushing failed")
         finally:
             done.set()
             if on_done is not None:
@@ -137,7 +290,7 @@ def flush_in_thread(
     return done
 
 
-async def flush(provider: trace.TracerProvider, timeout: float) -> bool:
+async def flush(provider: object, timeout: float, what: str = "spans") -> bool:
     """Export what is buffered, waiting at most ``timeout`` seconds; True if it finished."""
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
@@ -153,8 +306,9 @@ async def flush(provider: trace.TracerProvider, timeout: float) -> bool:
         await asyncio.wait_for(finished, timeout)
     except asyncio.TimeoutError:
         logger.warning(
-            "Soniq tracing: spans not exported within %.3gs of worker shutdown; the exporter "
+            "Soniq telemetry: %s not exported within %.3gs of worker shutdown; the exporter "
             "is slow or unreachable, and what it still holds may be lost",
+            what,
             timeout,
         )
         return False
@@ -166,7 +320,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _flush_at_exit(provider: trace.TracerProvider, timeout: float) -> None:
+def _flush_at_exit(provider: object, timeout: float) -> None:
     done = flush_in_thread(provider, timeout)
     if done is not None and not done.wait(timeout):
-        logger.warning("Soniq tracing: spans not exported within %.3gs at exit", timeout)
+        logger.warning(
+            "Soniq telemetry: %s not exported within %.3gs at exit",
+            type(provider).__name__,
+            timeout,
+        )

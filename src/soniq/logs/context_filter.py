@@ -44,7 +44,7 @@ def attempt_fields(attempt: AttemptContext) -> dict[str, Any]:
     }
 
 
-_ALL_FIELDS = ("job_id", "job_name", "queue", "attempt", "trace_id", "span_id")
+_ALL_FIELDS = frozenset(("job_id", "job_name", "queue", "attempt", "trace_id", "span_id"))
 
 
 class JobContextFilter(logging.Filter):
@@ -58,7 +58,7 @@ class JobContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         values = record.__dict__
-        if all(key in values for key in _ALL_FIELDS):
+        if values.keys() >= _ALL_FIELDS:
             return True  # the log layer's own records come complete
         attempt = current_attempt.get() or attempt_in_chain.get()
         fields = attempt_fields(attempt) if attempt is not None else {}

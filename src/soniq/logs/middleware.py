@@ -2,6 +2,10 @@
 
 It translates chain events only. It sits behind tracing (order 10) in the chain, so the
 attempt's span is current in here and its ids go on every record.
+
+At INFO an attempt logs one record, its end (``job.done``; failures are WARNING and ERROR), as
+Oban does; ``job.started`` is DEBUG. A record costs about as much as a span, and a start line
+says little that the end line (with ``queue_wait_ms`` and ``duration_ms``) does not.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+
 from ..context import AttemptContext
 from ..jobs import Outcome
 from ..middleware import CallNext, Middleware
-from .context_filter import attach_context_filter, attempt_fields, attempt_in_chain, trace_ids
+from .context_filter import attach_context_filter, attempt_in_chain
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -41,7 +47,8 @@ class LogConfig:
 
     #: Logger the job events go to; set its level to WARNING to keep only failures.
     logger_name: str = "soniq.jobs"
-    #: Put the job's keyword arguments on ``job.started`` as ``job_args``. Off: arguments often
+    #: Put the job's keyword arguments on the attempt's records (``job.started`` and its end:
+    #: ``job.done``, ``job.retry`` or ``job.dead_letter``) as ``job_args``. Off: arguments often
     #: hold personal data or secrets, and logs are kept and shared more widely than the queue.
     log_args: bool = False
     #: Put the traceback on ``job.retry`` records too (it is always on ``job.dead_letter``).
@@ -69,25 +76,42 @@ class LogMiddleware(Middleware):
 
     async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
         log = self.logger
-        fields = _job_fields(ctx)
-        # Read once: the tracing layer's span stays current for the whole attempt.
-        fields.update(trace_ids())
-        if log.isEnabledFor(logging.INFO):
-            started = {"event": JOB_STARTED, **fields}
+        if log.isEnabledFor(logging.DEBUG):
+            started = {"event": JOB_STARTED, **_job_fields(ctx)}
             if self.config.log_args:
                 started["job_args"] = ctx.args
-            _info(log, MESSAGES[JOB_STARTED], started)
+            _emit(log, logging.DEBUG, MESSAGES[JOB_STARTED], started)
         token = attempt_in_chain.set(ctx)
         try:
             result = await call_next(ctx)
         except Exception as exc:
-            self._failed(ctx, exc, fields)
+            self._failed(ctx, exc, _job_fields(ctx))
             raise
         finally:
             attempt_in_chain.reset(token)
         if log.isEnabledFor(logging.INFO):
-            done = {"event": JOB_DONE, **fields, **_timing(ctx), "outcome": ctx.outcome or "done"}
-            _info(log, MESSAGES[JOB_DONE], done)
+            # Built in one go, in the order of the JSON line; the tracing layer's span is
+            # still current here, so its ids are the attempt's.
+            done: dict[str, Any] = {
+                "event": JOB_DONE,
+                "job_id": ctx.job_id,
+                "job_name": ctx.job_name,
+                "queue": ctx.queue,
+                "attempt": ctx.attempt,
+                "max_attempts": ctx.max_attempts,
+                "queue_wait_ms": round(ctx.queue_wait_s * 1000.0, 3),
+                "worker_id": ctx.worker_id,
+            }
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                done["trace_id"] = format(span.trace_id, "032x")
+                done["span_id"] = format(span.span_id, "016x")
+            if ctx.duration_ms is not None:
+                done["duration_ms"] = round(ctx.duration_ms, 3)
+            done["outcome"] = ctx.outcome or "done"
+            if self.config.log_args:
+                done["job_args"] = ctx.args
+            _emit(log, logging.INFO, MESSAGES[JOB_DONE], done)
         return result
 
     def _failed(self, ctx: AttemptContext, exc: Exception, fields: dict[str, Any]) -> None:
@@ -103,6 +127,8 @@ class LogMiddleware(Middleware):
             "error_type": _type_name(exc),
             "error": str(exc),
         }
+        if self.config.log_args:
+            record["job_args"] = ctx.args
         if event == JOB_RETRY:
             if ctx.retry_delay is not None:
                 record["retry_delay_ms"] = round(ctx.retry_delay * 1000.0, 3)
@@ -114,22 +140,28 @@ class LogMiddleware(Middleware):
             self.logger.error(MESSAGES[JOB_DEAD_LETTER], extra=record, exc_info=exc)
 
 
-def _info(log: logging.Logger, message: str, fields: dict[str, Any]) -> None:
-    """``log.info(message, extra=fields)`` without looking up the caller's file and line: they
-    would always name this module, and the stack walk is a fifth of what a record costs. The
-    logger's filters, handlers and propagation apply as with ``log.info``."""
-    log.handle(
-        log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None, "__call__", fields)
-    )
+def _emit(log: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+    """``log.log(level, message, extra=fields)`` without looking up the caller's file and
+    line: they would always name this module, and the stack walk is a fifth of what a record
+    costs. The logger's filters, handlers and propagation apply as with ``log.log``."""
+    log.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None, "__call__", fields))
 
 
 def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
-    return {
-        **attempt_fields(ctx),
+    fields = {
+        "job_id": ctx.job_id,
+        "job_name": ctx.job_name,
+        "queue": ctx.queue,
+        "attempt": ctx.attempt,
         "max_attempts": ctx.max_attempts,
         "queue_wait_ms": round(ctx.queue_wait_s * 1000.0, 3),
         "worker_id": ctx.worker_id,
     }
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        fields["trace_id"] = format(span.trace_id, "032x")
+        fields["span_id"] = format(span.span_id, "016x")
+    return fields
 
 
 def _timing(ctx: AttemptContext) -> dict[str, Any]:
