@@ -22,7 +22,7 @@ def list_jobs(statuses: tuple[str, ...], where: str, *, limit: str, offset: str 
     the page's end), then the page's rows read by id. The scans read index entries only (see
     migration 4), and a keyset page starts where the last ended, so every page costs the same
     to the end. A filter value that is rare among done or queued jobs costs a scan of their
-    index entries until a page is found (40 ms for 0.05 % at 1M jobs, bench/list_jobs.py).
+    index entries until a page is found (40-100 ms for 0.05 % at 1M jobs, bench/list_jobs.py).
 
     ``statuses`` are validated enum values written as literals: a partial index is used only
     where the planner can prove its predicate from the query, which a parameter never lets it.
