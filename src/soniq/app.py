@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -23,7 +22,9 @@ from .errors import ConfigurationError, JobArgumentsError
 from .fleet_role import FleetRole
 from .hooks import Hooks
 from .instrumentation import instrument
+from .job_filters import job_id as parse_job_id
 from .jobs import JobInfo
+from .management import ManagesJobs
 from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
 from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Soniq:
+class Soniq(ManagesJobs):
     """A job queue in PostgreSQL.
 
     ``database_url`` comes from the argument, else ``SONIQ_DATABASE_URL``, else an embedded
@@ -89,6 +90,7 @@ class Soniq:
         """Stop running workers and close the connection pool."""
         for worker in list(self.workers):
             worker.stop()
+        await self._close_management()
         await self._store.close()
 
     def configure(self, **settings: Any) -> None:
@@ -272,10 +274,6 @@ class Soniq:
         """The job's row as a dict (:class:`soniq.jobs.JobInfo`), or None if no such job."""
         return await self._store.get_job(_uuid(job_id))
 
-    async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
-        return await self._store.cancel_job(_uuid(job_id))
-
     async def list_dead_letters(self, limit: int = 100) -> list[JobInfo]:
         return await self._store.dead_letters(limit)
 
@@ -387,7 +385,4 @@ def _when(value: datetime | timedelta | float | None) -> tuple[datetime | None, 
 
 
 def _uuid(job_id: str) -> str:
-    try:
-        return str(uuid.UUID(str(job_id)))
-    except ValueError:
-        raise ValueError(f"{job_id!r} is not a job id (a UUID string)") from None
+    return parse_job_id(job_id)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import importlib
 import json
 import logging
 import os
@@ -12,68 +10,20 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from . import instrumentation
-from .app import Soniq
+from .cli_common import _app_from, _run, app_option, load_app, url_option
+from .cli_jobs import jobs
 from .errors import SoniqError
 from .jobs import JobInfo
 from .logs import configure_logging
 
-T = TypeVar("T")
-
 logger = logging.getLogger("soniq")
-
-
-def load_app(path: str) -> Soniq:
-    """Import ``module:attribute`` (the current directory is importable)."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise click.BadParameter(
-            f"{path!r} should look like 'package.module:app'", param_hint="APP"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
-    except SoniqError as exc:
-        # e.g. Soniq() at import time refusing SONIQ_DATABASE_URL or SONIQ_CONCURRENCY
-        raise click.ClickException(f"{module_name}: {exc}") from exc
-    app = getattr(module, attr, None)
-    if not isinstance(app, Soniq):
-        raise click.BadParameter(
-            f"{module_name}.{attr} is {type(app).__name__}, not a soniq.Soniq app", param_hint="APP"
-        )
-    return app
-
-
-def _app_from(app_path: str | None, database_url: str | None) -> Soniq:
-    if app_path:
-        return load_app(app_path)
-    return Soniq(database_url)
-
-
-def _run(make: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return asyncio.run(make())  # type: ignore[arg-type]
-    except SoniqError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-app_option = click.option(
-    "--app", "app_path", metavar="MODULE:APP", help="Soniq app to use (for its database URL)."
-)
-url_option = click.option(
-    "--database-url",
-    envvar="SONIQ_DATABASE_URL",
-    help="PostgreSQL URL (default: SONIQ_DATABASE_URL, else the embedded server).",
-)
 
 
 @click.group()
@@ -360,6 +310,12 @@ def dead_letter_list(app_path: str | None, database_url: str | None, limit: int)
             f"{row['id']}  {row['job_name']}  queue={row['queue']}  attempts={row['attempts']}"
             f"  at={finished.isoformat() if finished else '-'}  error={row['last_error']}"
         )
+        for entry in row["errors"]:  # every attempt's error, oldest first
+            first_line = (entry["message"] or "").split("\n")[0]
+            click.echo(
+                f"    attempt {entry['attempt']} at {entry['at'].isoformat(timespec='seconds')}"
+                f": {entry['error_type']}: {first_line}"
+            )
 
 
 @dead_letter.command("retry")
@@ -389,6 +345,9 @@ def dead_letter_retry(
     click.echo(f"Requeued {len(retried)} job(s).")
     if missing:
         raise click.ClickException(f"not in the dead-letter queue: {', '.join(missing)}")
+
+
+cli.add_command(jobs)
 
 
 def main() -> None:

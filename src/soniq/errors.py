@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class SoniqError(Exception):
     """Base class for errors raised by Soniq."""
@@ -33,3 +36,27 @@ class JobTimeout(SoniqError, TimeoutError):
 
 class JobNotFound(SoniqError, LookupError):
     """No job with the given id exists."""
+
+
+class JobFailed(SoniqError):
+    """The awaited job ended in the dead-letter queue: its attempts are used up."""
+
+    def __init__(
+        self, job_id: str, last_error: str | None, attempts: int, errors: Sequence[Any]
+    ) -> None:
+        self.job_id = job_id
+        self.last_error = last_error
+        self.attempts = attempts
+        self.errors = errors  # every attempt's error, oldest first (see get_job)
+        super().__init__(
+            f"Job {job_id} failed after {attempts} attempt(s) and is in the dead-letter queue: "
+            f"{last_error or 'no error recorded'}"
+        )
+
+
+class JobCancelled(SoniqError):
+    """The awaited job was cancelled before it ran."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"Job {job_id} was cancelled")

@@ -236,6 +236,17 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class ErrorEntry(TypedDict):
+    """One failed attempt in ``JobInfo["errors"]`` (oldest first; the newest 20 are kept)."""
+
+    attempt: int
+    at: datetime
+    worker_id: str | None
+    error_type: str  # e.g. "ValueError"; "WorkerLost" for an attempt whose worker died
+    message: str  # at most 2,000 characters
+    traceback: str | None  # its last 8,000 characters
+
+
 class JobInfo(TypedDict):
     """A job as ``Soniq.get_job`` and ``list_dead_letters`` return it."""
 
@@ -255,3 +266,4 @@ class JobInfo(TypedDict):
     started_at: datetime | None
     finished_at: datetime | None
     worker_id: str | None
+    errors: list[ErrorEntry]  # every failed attempt, oldest first (docs/managing-jobs.md)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from . import retention
 from .jobs import JobStatus
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("soniq")
 
 MAX_BACKOFF = 10.0
-_PURGE_EVERY = 60.0
 
 
 class Liveness:
@@ -36,6 +36,7 @@ class Liveness:
         self._db = db
         self._wake = wake
         self._warned_unknown: set[str] = set()
+        self._purge: asyncio.Task[None] | None = None
 
     def on_notify(self, payload: object) -> None:
         queues = self._worker.queues
@@ -85,6 +86,34 @@ class Liveness:
                 if conn is not None:
                     await conn.close()
 
+    def _start_purge(self) -> None:
+        """Retention in a task of its own: a purge may take seconds, and the beat must not wait
+        for it (one worker of the fleet purges at a time, see soniq.retention)."""
+        app = self._worker.app
+        if not retention.enabled(app.settings):
+            return
+        if self._purge is None or self._purge.done():
+            self._purge = asyncio.create_task(self._purge_once(), name="soniq-purge")
+
+    async def _purge_once(self) -> None:
+        worker = self._worker
+        try:
+            purge = await retention.purge_expired(worker.app._admin, worker.app.settings)
+        except Exception as exc:
+            logger.warning(
+                "Retention purge failed (%s: %s); the next one tries again",
+                type(exc).__name__,
+                exc,
+                extra={"event": "worker.purge_failed", "worker_id": worker.id},
+            )
+            return
+        if purge.deleted:
+            logger.info(
+                "Retention purged %d finished job(s)",
+                purge.deleted,
+                extra={"event": "worker.purged", "worker_id": worker.id, "jobs": purge.deleted},
+            )
+
     async def heartbeat(self) -> None:
         """Beat until cancelled, which the worker's shutdown does only once no job is left
         running: jobs finishing in the grace period keep their lease too.
@@ -118,9 +147,9 @@ class Liveness:
                         beating_since = started
                     last_beat = started
                     lease_lost = False
-                    if worker.done_retention and loop.time() - last_purge > _PURGE_EVERY:
+                    if loop.time() - last_purge > retention.PURGE_EVERY:
                         last_purge = loop.time()
-                        await conn.purge_finished(worker.done_retention)
+                        self._start_purge()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -149,6 +178,8 @@ class Liveness:
         finally:
             if conn is not None:
                 conn.terminate()
+            if self._purge is not None:
+                self._purge.cancel()  # the worker is stopping; the next purge finishes it
 
     async def beat_once(self, conn: LivenessConnection, *, recover: bool = True) -> None:
         worker = self._worker

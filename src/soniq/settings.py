@@ -52,7 +52,21 @@ class Settings(BaseSettings):
         25.0, ge=0, description="Seconds running jobs get to finish on SIGTERM/SIGINT."
     )
     done_retention: float = Field(
-        7 * 86400.0, ge=0, description="Seconds finished jobs are kept before being purged."
+        7 * 86400.0,
+        ge=0,
+        description="Seconds done jobs are kept after they finish before being purged; "
+        "0 keeps them forever.",
+    )
+    cancelled_retention: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="Seconds cancelled jobs are kept before being purged; 0 keeps them forever.",
+    )
+    dead_letter_retention: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds dead-lettered jobs are kept before being purged; 0 (the default) "
+        "keeps them until retried or deleted, since each is a failure someone should see.",
     )
 
     metrics_port: int | None = Field(None, ge=0, le=65535)

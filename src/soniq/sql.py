@@ -7,13 +7,15 @@ statements; the rest of the code calls their methods.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # One advisory lock key for migrations, so two processes running ``soniq setup`` at once
 # serialise instead of racing on CREATE statements.
 MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish, arbitrary but stable
 
 NOTIFY_CHANNEL = "soniq_jobs"
+# A finished job someone awaits (get_result(wait=...)); the payload is its id.
+RESULTS_CHANNEL = "soniq_results"
 
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
@@ -129,6 +131,36 @@ MIGRATIONS: list[str] = [
     CREATE INDEX soniq_jobs_finished
         ON soniq_jobs (finished_at) WHERE status IN ('done', 'cancelled');
     """,
+    # 4: managing jobs (issue 17).
+    # - errors: every failed attempt (bounded, see _FINISH); NULL until the first failure, so
+    #   a job that succeeds first time carries nothing more.
+    # - awaited: someone waits on the result (get_result(wait=...)); only such a job's finish
+    #   sends a notification, so the plain drain sends none.
+    # - Listing newest first by each filter (see list_jobs below). Every index costs each row
+    #   version it covers an entry, and a job has three (queued, running, finished): four
+    #   indexes over all rows made a drain's database work twice as dear, and an index per
+    #   filter over finished rows still +22 % WAL records and +20 % buffers per drained job
+    #   (bench/drain_work.py). So a job that succeeds enters one index as it finishes, as it
+    #   did before (soniq_jobs_ended replaces soniq_jobs_finished; the retention purge reads
+    #   it now), and that index carries queue and job_name: a filter on them reads index
+    #   entries only, never the table. Failed and cancelled jobs, which a plain drain never
+    #   makes, have an index per filter. Queued rows: one index, entered at enqueue (a queue
+    #   filter may use soniq_jobs_claim_queue). Running rows are few and sorted.
+    """
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS errors jsonb;
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT false;
+    DROP INDEX IF EXISTS soniq_jobs_finished;
+    CREATE INDEX IF NOT EXISTS soniq_jobs_ended ON soniq_jobs (status, created_at, id)
+        INCLUDE (queue, job_name) WHERE status IN ('done', 'dead_letter', 'cancelled');
+    CREATE INDEX IF NOT EXISTS soniq_jobs_failed_queue
+        ON soniq_jobs (queue, status, created_at, id)
+        WHERE status IN ('dead_letter', 'cancelled');
+    CREATE INDEX IF NOT EXISTS soniq_jobs_failed_name
+        ON soniq_jobs (job_name, status, created_at, id)
+        WHERE status IN ('dead_letter', 'cancelled');
+    CREATE INDEX IF NOT EXISTS soniq_jobs_queued_created ON soniq_jobs (created_at, id)
+        INCLUDE (queue, job_name) WHERE status = 'queued';
+    """,
 ]
 
 CREATE_VERSION_TABLE = """
@@ -212,7 +244,7 @@ FROM unnest($1::uuid[], $2::text[], $3::text[]) AS j(id, args, tc),
 # whose answer was lost changes nothing. It is fenced on (status, worker_id): a worker that lost
 # its lease cannot overwrite a row that another worker has since claimed.
 
-_FINISH = """
+_FINISH_TEMPLATE = """
 fin AS (
     UPDATE soniq_jobs AS j SET
         status       = coalesce(f.status::soniq_job_status, j.status),
@@ -227,7 +259,14 @@ fin AS (
         finished_at  = CASE WHEN f.status IN ('done', 'dead_letter') THEN now() END,
         worker_id    = CASE WHEN f.status IS NULL THEN j.worker_id END,
         suspect      = f.status IS NULL AND j.suspect,
-        trace_context = coalesce(f.tc::jsonb, j.trace_context)
+        trace_context = coalesce(f.tc::jsonb, j.trace_context),
+        -- A failure appends to the job's error history (see _ERRORS_APPEND); anything else
+        -- leaves it alone, so a success costs one CASE.
+        errors       = CASE WHEN f.error IS NULL THEN j.errors ELSE {errors_append} END,
+        -- Only a job someone awaits tells of its end (get_result(wait=...)).
+        awaited      = CASE WHEN j.awaited AND f.status IN ('done', 'dead_letter')
+                            THEN (SELECT false FROM pg_notify('{results}', j.id::text))
+                            ELSE j.awaited END
     FROM (
         SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                              $7::float8[], $8::int[], $12::text[])
@@ -241,6 +280,39 @@ fin AS (
     WHERE j.id = f.id AND j.status = 'processing' AND j.worker_id = $1
     RETURNING 1
 )"""
+
+
+def _errors_append(attempt: str, worker: str, error: str, tb: str) -> str:
+    """SQL appending one failed attempt to ``j.errors``: the last ERRORS_KEPT entries, each
+    message and traceback capped (a traceback keeps its end, where the error is). Writing
+    the same attempt of the same worker again (a round trip resent) adds nothing."""
+    entry = f"""jsonb_build_object(
+            'attempt', {attempt}, 'at', now(), 'worker_id', {worker},
+            'error_type', split_part({error}, ': ', 1),
+            'message', left(CASE WHEN strpos({error}, ': ') > 0
+                                 THEN substr({error}, strpos({error}, ': ') + 2)
+                                 ELSE {error} END, {ERROR_MESSAGE_CAP}),
+            'traceback', right({tb}, {ERROR_TRACEBACK_CAP}))"""
+    return f"""(
+        SELECT CASE WHEN e.last ->> 'attempt' = ({attempt})::text
+                         AND e.last ->> 'worker_id' IS NOT DISTINCT FROM ({worker})::text
+                    THEN j.errors
+                    WHEN jsonb_array_length(e.kept) >= {ERRORS_KEPT}
+                    THEN (e.kept - 0) || jsonb_build_array({entry})
+                    ELSE e.kept || jsonb_build_array({entry}) END
+        FROM (SELECT coalesce(j.errors, '[]'::jsonb) AS kept, j.errors -> -1 AS last) AS e)"""
+
+
+# Every attempt's error on the job, bounded: the newest ERRORS_KEPT attempts, each message and
+# traceback cut to these many characters.
+ERRORS_KEPT = 20
+ERROR_MESSAGE_CAP = 2000
+ERROR_TRACEBACK_CAP = 8000
+
+_FINISH = _FINISH_TEMPLATE.format(
+    errors_append=_errors_append("f.attempts", "$1::text", "f.error", "f.tb"),
+    results=RESULTS_CHANNEL,
+)
 
 # ``attempt`` is the number of the attempt the worker is about to run, counted or not yet.
 _CLAIMED_COLUMNS = """
@@ -352,7 +424,7 @@ DEREGISTER_WORKER = "DELETE FROM soniq_workers WHERE id = $1"
 #   worker writes its start before running it.
 # - finished_at set while processing: the worker shut down with this attempt still running in a
 #   thread and refunded it in advance (REFUND_HELD); it goes back as refunded.
-RECOVER_LOST_JOBS = """
+RECOVER_LOST_JOBS = f"""
 WITH lost AS (
     SELECT j.id,
            j.started_at IS NULL AS unreported,
@@ -366,12 +438,10 @@ WITH lost AS (
           SELECT 1 FROM soniq_workers AS w
           WHERE w.id = j.worker_id AND w.heartbeat_at > now() - make_interval(secs => $1))
     FOR UPDATE OF j SKIP LOCKED
-)
-UPDATE soniq_jobs AS j SET
-    status      = (CASE WHEN lost.exhausted THEN 'dead_letter'
-                        ELSE 'queued' END)::soniq_job_status,
-    attempts    = j.attempts + lost.charged::int,
-    last_error  = CASE
+),
+told AS (
+    SELECT lost.*, j.worker_id AS lost_worker,
+           j.attempts + (lost.unreported OR lost.refunded)::int AS attempt, CASE
         WHEN lost.charged
         THEN format('WorkerLost: worker %s stopped heartbeating holding attempt %s, claimed '
                     'ahead and perhaps started; counted', coalesce(j.worker_id, '?'),
@@ -386,11 +456,23 @@ UPDATE soniq_jobs AS j SET
                     || CASE WHEN lost.exhausted
                             THEN '; attempts exhausted (the job may be killing its worker)'
                             ELSE '' END,
-                    coalesce(j.worker_id, '?'), j.attempts) END,
-    finished_at = CASE WHEN lost.exhausted THEN now() END,
+                    coalesce(j.worker_id, '?'), j.attempts) END AS error
+    FROM lost JOIN soniq_jobs AS j ON j.id = lost.id
+)
+UPDATE soniq_jobs AS j SET
+    status      = (CASE WHEN told.exhausted THEN 'dead_letter'
+                        ELSE 'queued' END)::soniq_job_status,
+    attempts    = j.attempts + told.charged::int,
+    last_error  = told.error,
+    -- The lost attempt joins the job's error history, counted or not (the message says).
+    errors      = {_errors_append("told.attempt", "told.lost_worker", "told.error", "NULL::text")},
+    awaited     = CASE WHEN j.awaited AND told.exhausted
+                       THEN (SELECT false FROM pg_notify('{RESULTS_CHANNEL}', j.id::text))
+                       ELSE j.awaited END,
+    finished_at = CASE WHEN told.exhausted THEN now() END,
     worker_id   = NULL,
-    suspect     = j.suspect OR lost.unreported
-FROM lost WHERE j.id = lost.id
+    suspect     = j.suspect OR told.unreported
+FROM told WHERE j.id = told.id
 RETURNING j.id, j.job_name, j.status
 """
 
@@ -432,29 +514,19 @@ WHERE job_name <> ALL($2::text[])
 LIMIT 20
 """
 
-PURGE_FINISHED = """
-DELETE FROM soniq_jobs WHERE id IN (
-    SELECT id FROM soniq_jobs
-    WHERE status IN ('done', 'cancelled') AND finished_at < now() - make_interval(secs => $1)
-    LIMIT 10000)
-"""
-
 # ---------------------------------------------------------------------------------------------
 # Inspection and operations.
 
 _JOB_COLUMNS = """
-id::text AS id, job_name, args::text AS args, status, attempts, max_attempts, queue, priority,
-scheduled_at, last_error, traceback, result::text AS result, created_at, started_at,
-finished_at, worker_id
+id::text AS id, job_name, args::text AS args, status::text AS status, attempts, max_attempts,
+queue, priority, scheduled_at, last_error, traceback, result::text AS result, created_at,
+started_at, finished_at, worker_id, errors::text AS errors
 """
+
+# The shape get_job, list_jobs and the dead-letter listing return (see docs/managing-jobs.md).
+JOB_COLUMNS = _JOB_COLUMNS
 
 GET_JOB = f"SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE id = $1"
-
-CANCEL_JOB = """
-UPDATE soniq_jobs SET status = 'cancelled', finished_at = now()
-WHERE id = $1 AND status = 'queued'
-RETURNING 1
-"""
 
 LIST_DEAD_LETTERS = f"""
 SELECT {_JOB_COLUMNS} FROM soniq_jobs WHERE status = 'dead_letter'

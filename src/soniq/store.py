@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
@@ -20,7 +21,7 @@ import asyncpg
 from . import sql
 from .database import mask_url
 from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
-from .jobs import JobInfo, JobStatus, PendingJob
+from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
 
 if TYPE_CHECKING:
@@ -384,9 +385,6 @@ class Store:
         rows = await self.fetch(sql.GET_JOB, job_id)
         return job_row_to_dict(rows[0]) if rows else None
 
-    async def cancel_job(self, job_id: str) -> bool:
-        return bool(await self.fetch(sql.CANCEL_JOB, job_id))
-
     async def dead_letters(self, limit: int) -> list[JobInfo]:
         return [job_row_to_dict(r) for r in await self.fetch(sql.LIST_DEAD_LETTERS, limit)]
 
@@ -481,4 +479,15 @@ def job_row_to_dict(row: asyncpg.Record) -> JobInfo:
     out["args"] = json.loads(out["args"])
     out["result"] = json.loads(out["result"]) if out["result"] is not None else None
     out["status"] = JobStatus(out["status"])
+    out["errors"] = parse_errors(out.get("errors"))
     return cast(JobInfo, out)
+
+
+def parse_errors(text: str | None) -> list[ErrorEntry]:
+    """The job's error history (``errors`` column), oldest first, times as datetimes."""
+    if not text:
+        return []
+    entries: list[dict[str, Any]] = json.loads(text)
+    for entry in entries:
+        entry["at"] = datetime.fromisoformat(entry["at"])
+    return cast(list[ErrorEntry], entries)

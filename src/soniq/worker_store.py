@@ -228,7 +228,3 @@ class LivenessConnection:
             timeout=self._store.command_timeout,
         )
         return [r[0] for r in rows]
-
-    async def purge_finished(self, retention: float) -> None:
-        """Delete up to 10,000 done or cancelled jobs finished over ``retention`` s ago."""
-        await self._conn.execute(sql.PURGE_FINISHED, retention, timeout=self._store.command_timeout)
