@@ -167,10 +167,11 @@ class Soniq(ManagesJobs):
         register = self.job(**job_options)
 
         def decorate(func: F) -> F:
+            known = {id(s.func) for s in self.registry}
             register(func)
             spec = self._spec_of(func)
-            self.scheduler.declare(
-                make_schedule(
+            try:
+                schedule = make_schedule(
                     spec,
                     name=schedule_name,
                     cron=cron,
@@ -182,7 +183,11 @@ class Soniq(ManagesJobs):
                     jitter=jitter,
                     source="code",
                 )
-            )
+                self.scheduler.declare(schedule)
+            except Exception:
+                if id(func) not in known:  # a refused schedule leaves no job behind either
+                    self.registry.remove(spec.name)
+                raise
             return func
 
         return decorate
