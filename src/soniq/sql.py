@@ -203,6 +203,7 @@ MIGRATIONS: list[str] = [
         fire_time       timestamptz NOT NULL,
         job_id          uuid,
         result          text NOT NULL CHECK (result IN ('fired', 'skipped_overlap')),
+        worker_id       text,
         fired_at        timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (schedule_name, fire_time)
     );
@@ -768,8 +769,8 @@ FOR UPDATE OF s
 # The exactly-once key: a second insert of the same (schedule, fire time) does nothing, and
 # the caller writes no job.
 INSERT_FIRE = """
-INSERT INTO soniq_schedule_fires (schedule_name, fire_time, job_id, result)
-VALUES ($1, $2, $3, $4)
+INSERT INTO soniq_schedule_fires (schedule_name, fire_time, job_id, result, worker_id)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT DO NOTHING
 RETURNING 1
 """

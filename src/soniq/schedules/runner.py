@@ -185,11 +185,15 @@ class ScheduleRunner:
             args_json = job.bind(spec.args)
             for fire_time in todo.fire:
                 if busy:
-                    if await self.store.insert_fire(conn, name, fire_time, None, "skipped_overlap"):
+                    if await self.store.insert_fire(
+                        conn, name, fire_time, None, "skipped_overlap", self.worker_id
+                    ):
                         skipped.append(fire_time)
                     continue
                 job_id = _new_job_id()
-                if not await self.store.insert_fire(conn, name, fire_time, job_id, "fired"):
+                if not await self.store.insert_fire(
+                    conn, name, fire_time, job_id, "fired", self.worker_id
+                ):
                     continue  # fired already (the key held where the row lock did not)
                 pending = PendingJob(
                     job_id,

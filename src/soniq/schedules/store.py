@@ -133,9 +133,16 @@ class ScheduleStore:
 
     @staticmethod
     async def insert_fire(
-        conn: Connection, name: str, fire_time: datetime, job_id: str | None, result: str
+        conn: Connection,
+        name: str,
+        fire_time: datetime,
+        job_id: str | None,
+        result: str,
+        worker_id: str,
     ) -> bool:
-        return bool(await conn.fetchval(sql.INSERT_FIRE, name, fire_time, job_id, result))
+        return bool(
+            await conn.fetchval(sql.INSERT_FIRE, name, fire_time, job_id, result, worker_id)
+        )
 
     @staticmethod
     async def advance(
