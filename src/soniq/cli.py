@@ -352,3 +352,7 @@ cli.add_command(jobs)
 
 def main() -> None:
     cli()
+
+
+# `soniq schedules` lives in its own module; importing it adds the group to `cli`.
+from . import cli_schedules  # noqa: E402, F401
