@@ -318,3 +318,49 @@ async def test_send_span_carries_the_schedule(clean_db: str) -> None:
     assert attrs["soniq.schedule.name"] == "traced"
     assert datetime.fromisoformat(str(attrs["soniq.schedule.fire_time"])).microsecond == 0
     await app.close()
+
+
+async def test_fires_and_fire_times_are_exported_by_the_reporting_process(clean_db: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from soniq_prom import metrics_of, render_async
+
+    app = make_app(clean_db)
+    app.instrument(prometheus=True)
+    release = asyncio.Event()
+
+    @app.periodic(every=1, overlap=False, schedule_name="metered")
+    async def metered() -> None:
+        await release.wait()
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith("soniq_schedule")
+        }
+
+    async with running_worker(app, concurrency=2):
+
+        async def skipped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            layer = metrics_of(app)
+            assert layer is not None and layer.queue_state is not None
+            layer.queue_state._checked_at = float("-inf")  # no cache: read again now
+            got = samples((await render_async(app)).body.decode())
+            key = (
+                "soniq_schedule_fires_total",
+                (("result", "skipped_overlap"), ("schedule", "metered")),
+            )
+            return got if got.get(key, 0) >= 1 else None
+
+        got = await wait_until(skipped, timeout=10, what="a skipped fire in the metrics")
+        release.set()
+    fired = got[("soniq_schedule_fires_total", (("result", "fired"), ("schedule", "metered")))]
+    assert fired == 1
+    missed = got[("soniq_schedule_fires_total", (("result", "missed"), ("schedule", "metered")))]
+    assert missed == 0
+    last = got[("soniq_schedule_last_fire_timestamp_seconds", (("schedule", "metered"),))]
+    nxt = got[("soniq_schedule_next_fire_timestamp_seconds", (("schedule", "metered"),))]
+    assert nxt - last >= 1 and abs(nxt - time.time()) < 3
+    await app.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .api import ScheduleNotFound, Scheduler
 from .runner import ScheduleRunner
 from .spec import ScheduleSpec, make_schedule
+from .store import ScheduleState
 from .timing import CATCH_UP_CAP, MISSED_AFTER, Plan, next_fire, plan
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ScheduleNotFound",
     "ScheduleRunner",
     "ScheduleSpec",
+    "ScheduleState",
     "Scheduler",
     "make_schedule",
     "next_fire",

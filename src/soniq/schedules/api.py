@@ -11,7 +11,7 @@ from .. import clock
 from ..errors import ConfigurationError
 from ..middleware import EnqueueContext, PendingJob
 from .spec import ScheduleSpec, make_schedule
-from .store import ScheduleStore
+from .store import ScheduleState, ScheduleStore
 
 if TYPE_CHECKING:
     import asyncpg
@@ -136,6 +136,10 @@ class Scheduler:
     async def list(self) -> list[dict[str, Any]]:
         """Every schedule in the database, by name."""
         return [schedule_dict(r) for r in await self._store.list(self._app.settings.lease_seconds)]
+
+    async def state(self) -> tuple[ScheduleState, ...]:
+        """Each schedule's fire counts and last/next fire times (what the metrics report)."""
+        return await self._store.state()
 
     @staticmethod
     def _missing(name: str) -> ScheduleNotFound:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,19 @@ if TYPE_CHECKING:
     from ..middleware import Connection
 
 Row = asyncpg.Record
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """One schedule's counts and fire times, for metrics (``app.scheduler.state()``)."""
+
+    name: str
+    fired: int
+    skipped_overlap: int
+    missed: int
+    #: Unix times; next is None while paused.
+    last_fire_time: float | None
+    next_fire_time: float | None
 
 
 class ScheduleStore:
@@ -121,6 +135,10 @@ class ScheduleStore:
         """One job now from the stored schedule alone (no app code needed)."""
         rows = await self.fetch(sql.TRIGGER_FROM_ROW, name, job_id)
         return rows[0][0] if rows else None
+
+    async def state(self) -> tuple[ScheduleState, ...]:
+        rows = await self.fetch(sql.SCHEDULE_METRICS)
+        return tuple(ScheduleState(*row) for row in rows)
 
     async def shift_times(self, seconds: float) -> None:
         """Move the schedules' stored times ``seconds`` back (soniq.testing.Clock)."""
