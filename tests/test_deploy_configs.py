@@ -378,6 +378,7 @@ SIBLING_GUIDES = {
     "logs.md",
     "hooks-and-middleware.md",
     "reliability.md",
+    "schedules.md",
 }
 
 
