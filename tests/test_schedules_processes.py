@@ -185,3 +185,5 @@ async def test_fires_go_on_after_a_postgresql_restart_without_a_double(
         finally:
             await db.close()
         assert all(w.alive() for w in workers)
+        for worker in workers:  # the outage was waited out, not reported as a failed fire
+            assert "could not fire" not in worker.log(), worker.log()

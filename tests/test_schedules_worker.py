@@ -61,6 +61,31 @@ async def test_every_second_fires_on_time_with_its_context(clean_db: str) -> Non
     assert max(delays) < 1.0
 
 
+async def test_an_idle_runner_sleeps_until_the_next_fire_without_reading_the_table(
+    clean_db: str,
+) -> None:
+    app = make_app(clean_db)
+
+    @app.periodic(cron="0 0 29 2 *", schedule_name="leap-day")  # far off, whenever this runs
+    async def leap_day() -> None:
+        pass
+
+    async with running_worker(app) as worker:
+        runner = worker.schedules
+        assert runner is not None
+        await wait_until(lambda: runner.next_due_in, what="the runner to load the schedule")
+        due_in = runner.next_due_in
+        assert due_in is not None and due_in > 86400
+        calls: list[str] = []
+        store = runner.store
+        fetch, transaction = store.fetch, store.transaction
+        store.fetch = lambda *a: (calls.append("fetch"), fetch(*a))[1]  # type: ignore[method-assign]
+        store.transaction = lambda: (calls.append("tx"), transaction())[1]  # type: ignore[method-assign]
+        await asyncio.sleep(3)  # nothing to wait for: the point is that nothing is read
+        assert calls == []
+    await app.close()
+
+
 async def test_scheduler_api_persists_until_removed(clean_db: str, db: asyncpg.Connection) -> None:
     app = make_app(clean_db)
 
@@ -363,4 +388,29 @@ async def test_fires_and_fire_times_are_exported_by_the_reporting_process(clean_
     last = got[("soniq_schedule_last_fire_timestamp_seconds", (("schedule", "metered"),))]
     nxt = got[("soniq_schedule_next_fire_timestamp_seconds", (("schedule", "metered"),))]
     assert nxt - last >= 1 and abs(nxt - time.time()) < 3
+    await app.close()
+
+
+async def test_jitter_delays_the_job_not_the_fire_time(
+    clean_db: str, db: asyncpg.Connection
+) -> None:
+    app = make_app(clean_db)
+
+    @app.periodic(every=1, jitter=30, schedule_name="jittery")
+    async def jittery() -> None:
+        pass
+
+    async with running_worker(app):
+
+        async def three() -> list[asyncpg.Record]:
+            rows = await db.fetch(
+                "SELECT fire_time, extract(epoch FROM scheduled_at - created_at) AS delay "
+                "FROM soniq_jobs WHERE schedule_name = 'jittery'"
+            )
+            return rows if len(rows) >= 3 else []
+
+        rows = await wait_until(three, timeout=10, what="three fires")
+    assert all(r["fire_time"].microsecond == 0 for r in rows)  # keys stay on the timetable
+    delays = [float(r["delay"]) for r in rows]
+    assert all(0 <= d <= 30 for d in delays) and len(set(delays)) == len(delays), delays
     await app.close()

@@ -24,7 +24,7 @@ import random
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ..errors import SoniqError
+from ..errors import DatabaseUnavailable, SoniqError
 from ..middleware import EnqueueContext, PendingJob
 from ..store import CONNECTION_ERRORS
 from .spec import ScheduleSpec, spec_from_row
@@ -144,7 +144,7 @@ class ScheduleRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if isinstance(exc, CONNECTION_ERRORS):
+            if isinstance(exc, (*CONNECTION_ERRORS, DatabaseUnavailable)):
                 raise  # the loop backs off and reads everything again
             # This schedule's fire fails (e.g. its arguments no longer fit the job, or an
             # enqueue middleware refused it): the others go on; this one is tried again later.
