@@ -414,3 +414,30 @@ async def test_jitter_delays_the_job_not_the_fire_time(
     delays = [float(r["delay"]) for r in rows]
     assert all(0 <= d <= 30 for d in delays) and len(set(delays)) == len(delays), delays
     await app.close()
+
+
+async def test_shifting_stored_times_back_moves_running_schedules(
+    clean_db: str, db: asyncpg.Connection
+) -> None:
+    # What soniq.testing.Clock.advance does to schedules: their stored times go back by the
+    # advance, so an hourly schedule whose next fire was half an hour away is due at once.
+    from soniq.schedules.store import ScheduleStore
+
+    app = make_app(clean_db)
+
+    @app.periodic(every=3600, schedule_name="hourly", missed="all")
+    async def hourly() -> None:
+        pass
+
+    async with running_worker(app) as worker:
+        runner = worker.schedules
+        assert runner is not None
+        await wait_until(lambda: runner.next_due_in, what="the runner to load it")
+        before = (await app.scheduler.get("hourly"))["next_run_at"]
+        away = (before - await db.fetchval("SELECT now()")).total_seconds()
+        await ScheduleStore(app._store).shift_times(away + 0.2)
+        rows = await wait_until(lambda: jobs_of(db, "hourly"), timeout=5, what="the fire")
+        after = await app.scheduler.get("hourly")
+    assert len(rows) == 1  # once, though the shift moved the timetable off its grid
+    assert after["next_run_at"] == before and after["fired"] == 1 and after["missed_fires"] == 0
+    await app.close()

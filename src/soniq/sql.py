@@ -835,10 +835,12 @@ FROM soniq_schedules AS s ORDER BY s.name
 # the schedules' times. The fire keys are dropped rather than shifted (a shifted key could meet
 # an older one mid-statement): next_run_at, moved under the schedule's row lock, already keeps a
 # fire time from being tried twice, and the fires from here on get their keys again.
-SHIFT_SCHEDULE_TIMES = """
+# Running workers are told (NOTIFY), so they sleep until the moved fire times.
+SHIFT_SCHEDULE_TIMES = f"""
 WITH forget AS (DELETE FROM soniq_schedule_fires)
 UPDATE soniq_schedules SET next_run_at = next_run_at - make_interval(secs => $1),
                            last_run_at = last_run_at - make_interval(secs => $1)
+FROM (SELECT pg_notify('{SCHEDULES_CHANNEL}', '*')) AS wake
 """
 
 TIME_SHIFTS.append(SHIFT_SCHEDULE_TIMES)
