@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import statistics
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -111,6 +112,22 @@ async def test_three_workers_one_job_per_fire_time_through_a_sigkill(
             return left == 0
 
         await wait_until(all_done, timeout=30, interval=0.2, what="the fired jobs to run")
+        # On time: from fire time to the job's start (both on the database clock).
+        delays = [
+            float(r[0])
+            for r in await db.fetch(
+                "SELECT extract(epoch FROM started_at - fire_time) FROM soniq_jobs "
+                "WHERE schedule_name = 'tick' AND fire_time > $1 AND fire_time <= $2",
+                t0,
+                t1,
+            )
+        ]
+        delays.sort()
+        print(f"fire to start: median {statistics.median(delays):.3f}s, max {delays[-1]:.3f}s")
+        assert statistics.median(delays) < 0.5
+        # The job the killed worker had just claimed waits for the lease; the others start
+        # within a second.
+        assert sum(d < 1.0 for d in delays) >= len(delays) - 1
 
 
 async def _latest_at_least(db: asyncpg.Connection, at: datetime) -> bool:
