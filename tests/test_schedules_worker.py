@@ -441,3 +441,44 @@ async def test_shifting_stored_times_back_moves_running_schedules(
     assert len(rows) == 1  # once, though the shift moved the timetable off its grid
     assert after["next_run_at"] == before and after["fired"] == 1 and after["missed_fires"] == 0
     await app.close()
+
+
+async def test_a_fire_that_fails_writes_nothing_and_the_others_go_on(
+    clean_db: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    from soniq import EnqueueContext, EnqueueNext, Middleware
+
+    class RefuseA(Middleware):
+        async def enqueue(self, ctx: EnqueueContext, call_next: EnqueueNext) -> None:
+            if ctx.jobs[0].schedule == "a":
+                raise RuntimeError("quota exceeded")
+            await call_next(ctx)
+
+    app = make_app(clean_db)
+    app.middleware.add(RefuseA)
+
+    @app.periodic(every=1, schedule_name="a")
+    async def job_a() -> None:
+        pass
+
+    @app.periodic(every=1, schedule_name="b")
+    async def job_b() -> None:
+        pass
+
+    caplog.set_level("INFO", logger="soniq")
+    async with running_worker(app):
+        await wait_until(
+            lambda: len([r for r in caplog.records if getattr(r, "event", "") == "schedule.error"]),
+            timeout=10,
+            what="the refused fire to be logged",
+        )
+        await wait_until(lambda: jobs_of(db, "b"), timeout=10, what="b to fire")
+    assert await jobs_of(db, "a") == []
+    # The refused fire's key was rolled back with it: the fire time can still be fired.
+    assert (
+        await db.fetchval("SELECT count(*) FROM soniq_schedule_fires WHERE schedule_name = 'a'")
+        == 0
+    )
+    error = next(r for r in caplog.records if getattr(r, "event", "") == "schedule.error")
+    assert "quota exceeded" in error.getMessage() and error.levelname == "ERROR"
+    await app.close()
