@@ -419,9 +419,9 @@ async def test_jitter_delays_the_job_not_the_fire_time(
 async def test_shifting_stored_times_back_moves_running_schedules(
     clean_db: str, db: asyncpg.Connection
 ) -> None:
-    # What soniq.testing.Clock.advance does to schedules: their stored times go back by the
-    # advance, so an hourly schedule whose next fire was half an hour away is due at once.
-    from soniq.schedules.store import ScheduleStore
+    # soniq.testing.Clock.advance moves Soniq's stored times back by the advance, schedules'
+    # included: an hourly schedule whose next fire was up to an hour away is due at once.
+    from soniq.testing import Clock
 
     app = make_app(clean_db)
 
@@ -435,7 +435,8 @@ async def test_shifting_stored_times_back_moves_running_schedules(
         await wait_until(lambda: runner.next_due_in, what="the runner to load it")
         before = (await app.scheduler.get("hourly"))["next_run_at"]
         away = (before - await db.fetchval("SELECT now()")).total_seconds()
-        await ScheduleStore(app._store).shift_times(away + 0.2)
+        with Clock(app) as test_clock:
+            await test_clock.advance(away + 0.2)
         rows = await wait_until(lambda: jobs_of(db, "hourly"), timeout=5, what="the fire")
         after = await app.scheduler.get("hourly")
     assert len(rows) == 1  # once, though the shift moved the timetable off its grid

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import clock
 from ..errors import ConfigurationError
 from ..middleware import EnqueueContext, PendingJob
 from .spec import ScheduleSpec, make_schedule
@@ -109,19 +108,20 @@ class Scheduler:
                 raise self._missing(name)
             return written
         args_json = spec.bind(json.loads(row["args"]))
-        pending = PendingJob(
-            job_id,
-            spec,
-            spec.queue,
-            args_json,
-            spec.priority,
-            None,
-            0.0,
-            schedule=name,
-            fire_time=clock.now(),
-        )
         async with self._store.transaction() as conn:
-            await self._app.middleware.enqueue_call(self._app._writer)(
+            # The database's now, like every fire time (and what the testing clock moves).
+            pending = PendingJob(
+                job_id,
+                spec,
+                spec.queue,
+                args_json,
+                spec.priority,
+                None,
+                0.0,
+                schedule=name,
+                fire_time=await self._store.db_now(conn),
+            )
+            await self._app.middleware.enqueue_call(self._app.writer)(
                 EnqueueContext([pending], batch=False, connection=conn)
             )
             await self._store.set_last_job(conn, name, job_id)

@@ -206,7 +206,7 @@ class ScheduleRunner:
                     schedule=name,
                     fire_time=fire_time,
                 )
-                await self.app.middleware.enqueue_call(self.app._writer)(
+                await self.app.middleware.enqueue_call(self.app.writer)(
                     EnqueueContext([pending], batch=False, connection=conn)
                 )
                 fired.append((fire_time, job_id))

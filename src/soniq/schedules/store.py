@@ -140,10 +140,6 @@ class ScheduleStore:
         rows = await self.fetch(sql.SCHEDULE_METRICS)
         return tuple(ScheduleState(*row) for row in rows)
 
-    async def shift_times(self, seconds: float) -> None:
-        """Move the schedules' stored times ``seconds`` back (soniq.testing.Clock)."""
-        await self.fetch(sql.SHIFT_SCHEDULE_TIMES, seconds)
-
     # -- firing (inside ``transaction()``) ---------------------------------------------------
     @staticmethod
     async def lock(conn: Connection, name: str) -> Row | None:
@@ -186,6 +182,11 @@ class ScheduleStore:
         )
         if last_run_at is not None:
             await conn.execute(sql.PURGE_FIRES, name, last_run_at)
+
+    @staticmethod
+    async def db_now(conn: Connection) -> datetime:
+        now: datetime = await conn.fetchval(sql.DB_NOW)
+        return now
 
     @staticmethod
     async def set_last_job(conn: Connection, name: str, job_id: str) -> None:
