@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from .cli import _app_from, _run, app_option, cli, url_option
+from .cli_common import _app_from, _run, app_option, url_option
 
 
-@cli.group("schedules")
+@click.group("schedules")
 def schedules() -> None:
     """Periodic jobs: list, pause, resume, trigger, remove."""
 
