@@ -46,7 +46,9 @@ async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
 async def clean_db(database_url: str) -> str:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE soniq_jobs, soniq_workers")
+        await conn.execute(
+            "TRUNCATE soniq_jobs, soniq_workers, soniq_schedules, soniq_schedule_fires"
+        )
     finally:
         await conn.close()
     return database_url

@@ -182,12 +182,13 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert "SUCCESS: 1 rule files found" in config.stdout + config.stderr
     rules = _run(_promtool(), "check", "rules", PROMETHEUS_DIR / "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 7 rules found" in rules.stdout + rules.stderr
+    assert "SUCCESS: 8 rules found" in rules.stdout + rules.stderr
 
 
 def test_alert_rules_fire_as_their_unit_tests_say() -> None:
     # alerts_test.yml feeds series to each rule: first dead letter, growing backlog, no live
-    # worker (also when nothing reports), old ready job, failure ratio, telemetry errors.
+    # worker (also when nothing reports), old ready job, failure ratio, telemetry errors, a
+    # late schedule.
     result = _run(_promtool(), "test", "rules", "alerts_test.yml", cwd=PROMETHEUS_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -377,6 +378,7 @@ SIBLING_GUIDES = {
     "logs.md",
     "hooks-and-middleware.md",
     "reliability.md",
+    "schedules.md",
 }
 
 

@@ -311,7 +311,7 @@ def test_a_real_prometheus_loads_the_rules_and_fires_on_the_dead_letter(
 ) -> None:
     groups = _api(prometheus, "rules")["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert len(rules) == 7
+    assert len(rules) == 8
 
     def firing() -> tuple[bool, Any]:
         rules = {r["name"]: r for g in _api(prometheus, "rules")["groups"] for r in g["rules"]}
@@ -328,7 +328,12 @@ def test_a_real_prometheus_loads_the_rules_and_fires_on_the_dead_letter(
     _, dead, alerts = _poll(stack, firing, "SoniqJobDeadLettered to fire")
     assert {a["labels"]["job_name"] for a in dead} == {"orders.process"}
     # The stack is healthy otherwise: a live worker, nothing old in the queues.
-    quiet = {"SoniqNoLiveWorkers", "SoniqWorkerMetricsDown", "SoniqOldestReadyJobTooOld"}
+    quiet = {
+        "SoniqNoLiveWorkers",
+        "SoniqWorkerMetricsDown",
+        "SoniqOldestReadyJobTooOld",
+        "SoniqScheduleLate",
+    }
     assert not [a for a in alerts if a["labels"]["alertname"] in quiet]
 
 

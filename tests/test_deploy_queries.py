@@ -175,6 +175,9 @@ DOCUMENTED: dict[str, set[str]] = {
     "soniq_queue_jobs": {"queue", "state"},
     "soniq_queue_oldest_ready_age_seconds": {"queue"},
     "soniq_workers_live": set(),
+    "soniq_schedule_fires_total": {"schedule", "result"},
+    "soniq_schedule_last_fire_timestamp_seconds": {"schedule"},
+    "soniq_schedule_next_fire_timestamp_seconds": {"schedule"},
 }
 for _histogram in ("soniq_job_duration_seconds", "soniq_job_queue_wait_seconds"):
     DOCUMENTED[f"{_histogram}_bucket"] = {"queue", "job_name", "le"}
@@ -186,7 +189,7 @@ def test_every_dashboard_and_rule_query_parses_and_names_documented_metrics() ->
     queries = all_queries()
     # Every panel target, both variables and every alert rule.
     assert len(dashboard_queries()) >= 20
-    assert len(alert_queries()) == 7
+    assert len(alert_queries()) == 8
     assert problems(queries, DOCUMENTED) == []
 
 
@@ -199,6 +202,8 @@ def test_the_dashboard_covers_what_the_issue_asks_for() -> None:
         "soniq_queue_jobs",  # backlog per queue
         "soniq_queue_oldest_ready_age_seconds",  # oldest-job age per queue
         "soniq_workers_live",  # workers
+        "soniq_schedule_fires_total",  # schedules: fires by result
+        "soniq_schedule_next_fire_timestamp_seconds",  # schedules: late or not
     ):
         assert metric in named, metric
     board = json.loads(DASHBOARD.read_text())

@@ -45,6 +45,9 @@ FAMILIES = {
     "soniq_queue_jobs": ("gauge", ("queue", "state")),
     "soniq_queue_oldest_ready_age_seconds": ("gauge", ("queue",)),
     "soniq_workers_live": ("gauge", ()),
+    "soniq_schedule_fires": ("counter", ("schedule", "result")),
+    "soniq_schedule_last_fire_timestamp_seconds": ("gauge", ("schedule",)),
+    "soniq_schedule_next_fire_timestamp_seconds": ("gauge", ("schedule",)),
 }
 
 

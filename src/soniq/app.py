@@ -33,6 +33,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     from .middleware import Connection
+    from .schedules import Scheduler
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,6 +64,7 @@ class Soniq(ManagesJobs):
         self._write_call: EnqueueNext = self._write
         # What the enqueue side ends in: the database writer, or one soniq.testing sets.
         self._writer: EnqueueNext = self._write_call
+        self._scheduler: Scheduler | None = None
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -143,6 +145,61 @@ class Soniq(ManagesJobs):
         if callable(name):
             raise TypeError("Use @app.job() with parentheses")
         return decorate
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        timezone: str | None = None,
+        schedule_args: dict[str, Any] | None = None,
+        schedule_name: str | None = None,
+        missed: str = "latest",
+        overlap: bool = True,
+        jitter: float = 0.0,
+        **job_options: Any,
+    ) -> Callable[[F], F]:
+        """Register a job and a schedule for it: ``@app.periodic(cron="30 9 * * mon-fri",
+        timezone="Europe/Berlin")`` or ``@app.periodic(every=30)``; any ``@app.job`` option
+        too. Every worker fires it; see docs/schedules.md."""
+        from .schedules import make_schedule
+
+        register = self.job(**job_options)
+
+        def decorate(func: F) -> F:
+            known = {id(s.func) for s in self.registry}
+            register(func)
+            spec = self._spec_of(func)
+            try:
+                schedule = make_schedule(
+                    spec,
+                    name=schedule_name,
+                    cron=cron,
+                    every=every,
+                    timezone_name=timezone,
+                    args=schedule_args,
+                    missed=missed,
+                    overlap=overlap,
+                    jitter=jitter,
+                    source="code",
+                )
+                self.scheduler.declare(schedule)
+            except Exception:
+                if id(func) not in known:  # a refused schedule leaves no job behind either
+                    self.registry.remove(spec.name)
+                raise
+            return func
+
+        return decorate
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """Schedules in the database: add, pause, resume, remove, trigger, get, list."""
+        if self._scheduler is None:
+            from .schedules import Scheduler
+
+            self._scheduler = Scheduler(self)
+        return self._scheduler
 
     def _get_job_registry(self) -> JobRegistry:
         return self.registry

@@ -19,6 +19,7 @@ import click
 from . import instrumentation
 from .cli_common import _app_from, _run, app_option, load_app, url_option
 from .cli_jobs import jobs
+from .cli_schedules import schedules
 from .errors import SoniqError
 from .jobs import JobInfo
 from .logs import configure_logging
@@ -348,6 +349,7 @@ def dead_letter_retry(
 
 
 cli.add_command(jobs)
+cli.add_command(schedules)
 
 
 def main() -> None:

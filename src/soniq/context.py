@@ -24,6 +24,10 @@ class JobContext:
     queue: str
     worker_id: str
     enqueued_at: datetime
+    #: The schedule that made this job and the fire time it stands for (None otherwise): a
+    #: key for idempotency, e.g. "the report for 2026-03-29 09:30".
+    schedule: str | None = None
+    fire_time: datetime | None = None
 
 
 @dataclass(eq=False)
@@ -49,6 +53,8 @@ class AttemptContext:
     spec: JobSpec
     trace_context: dict[str, str] | None = None
     revived: bool = False
+    schedule: str | None = None
+    fire_time: datetime | None = None
     outcome: Outcome | None = None
     error: BaseException | None = None
     result: Any = None
@@ -71,6 +77,8 @@ class AttemptContext:
             queue=self.queue,
             worker_id=self.worker_id,
             enqueued_at=self.enqueued_at,
+            schedule=self.schedule,
+            fire_time=self.fire_time,
         )
 
     def settle_success(self, result: Any) -> None:

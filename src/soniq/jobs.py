@@ -74,6 +74,9 @@ class PendingJob:
     scheduled_at: datetime | None
     delay_s: float
     trace_context: dict[str, str] = field(default_factory=dict)
+    #: Set when a schedule fires (or is triggered): its name and the fire time.
+    schedule: str | None = None
+    fire_time: datetime | None = None
 
     @property
     def job_name(self) -> str:
@@ -109,6 +112,8 @@ class ClaimedJob(asyncpg.Record):
         queue_wait_s: float  # from due to claim, on the database clock
         counted: bool
         suspect: bool
+        schedule_name: str | None  # the schedule that fired it (soniq.schedules)
+        fire_time: datetime | None
     else:
         id = property(itemgetter(0))
         job_name = property(itemgetter(1))
@@ -124,6 +129,8 @@ class ClaimedJob(asyncpg.Record):
         queue_wait_s = property(itemgetter(11))
         counted = property(itemgetter(12))
         suspect = property(itemgetter(13))
+        schedule_name = property(itemgetter(14))
+        fire_time = property(itemgetter(15))
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "id",
@@ -140,6 +147,8 @@ class ClaimedJob(asyncpg.Record):
         "queue_wait_s",
         "counted",
         "suspect",
+        "schedule_name",
+        "fire_time",
     )
 
     @property

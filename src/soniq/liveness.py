@@ -53,7 +53,10 @@ class Liveness:
         while not worker.stopping:
             conn: ListenConnection | None = None
             try:
-                conn = await self._db.listen(self.on_notify)
+                schedules = worker.schedules
+                conn = await self._db.listen(
+                    self.on_notify, None if schedules is None else schedules.changed
+                )
                 if interrupted:
                     logger.info(
                         "LISTEN connection restored; worker %s hears new jobs again",
@@ -63,6 +66,8 @@ class Liveness:
                 interrupted = False
                 backoff = 0.25
                 self._wake.set()  # anything enqueued while we were not listening
+                if schedules is not None:
+                    schedules.changed()  # and any schedule changed meanwhile
                 while not conn.lost.is_set() and not worker.stopping:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(conn.lost.wait(), worker.heartbeat_interval)

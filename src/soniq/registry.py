@@ -147,6 +147,9 @@ class JobRegistry:
             )
         self._jobs[spec.name] = spec
 
+    def remove(self, name: str) -> None:
+        self._jobs.pop(name, None)
+
     def get_job(self, name: str) -> dict[str, Any] | None:
         spec = self._jobs.get(name)
         return None if spec is None else spec.as_dict()

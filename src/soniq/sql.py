@@ -7,7 +7,7 @@ statements; the rest of the code calls their methods.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # One advisory lock key for migrations, so two processes running ``soniq setup`` at once
 # serialise instead of racing on CREATE statements.
@@ -16,6 +16,9 @@ MIGRATION_LOCK_KEY = 0x50_4E_49_51  # "SONIQ"-ish, arbitrary but stable
 NOTIFY_CHANNEL = "soniq_jobs"
 # A finished job someone awaits (get_result(wait=...)); the payload is its id.
 RESULTS_CHANNEL = "soniq_results"
+
+# Schedule changes (add, pause, resume, remove, a deploy's upsert); the payload is the name.
+SCHEDULES_CHANNEL = "soniq_schedules"
 
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
@@ -161,6 +164,50 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS soniq_jobs_queued_created ON soniq_jobs (created_at, id)
         INCLUDE (queue, job_name) WHERE status = 'queued';
     """,
+    # 5: periodic jobs (soniq.schedules). A schedule is a row; each fire time it produced is a
+    # row of soniq_schedule_fires whose primary key (schedule, fire time) makes a second job for
+    # the same fire time impossible, whatever the workers do. The job records its schedule and
+    # fire time (NULL for other jobs: no cost to them) so the job can learn them. Workers list
+    # the job names they know, so a schedule whose job no live worker knows shows as orphaned.
+    """
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS schedule_name text;
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS fire_time timestamptz;
+    ALTER TABLE soniq_workers ADD COLUMN IF NOT EXISTS job_names text[];
+    CREATE TABLE IF NOT EXISTS soniq_schedules (
+        name            text PRIMARY KEY,
+        job_name        text NOT NULL,
+        cron            text,
+        every_s         float8 CHECK (every_s >= 1),
+        timezone        text NOT NULL DEFAULT 'UTC',
+        args            jsonb NOT NULL DEFAULT '{}',
+        queue           text NOT NULL,
+        priority        integer NOT NULL DEFAULT 0,
+        max_attempts    integer NOT NULL DEFAULT 1,
+        missed          text NOT NULL DEFAULT 'latest' CHECK (missed IN ('latest','skip','all')),
+        overlap         boolean NOT NULL DEFAULT true,
+        jitter_s        float8 NOT NULL DEFAULT 0 CHECK (jitter_s >= 0),
+        source          text NOT NULL CHECK (source IN ('code', 'api')),
+        paused          boolean NOT NULL DEFAULT false,
+        next_run_at     timestamptz,
+        last_run_at     timestamptz,
+        last_job_id     uuid,
+        fired_total     bigint NOT NULL DEFAULT 0,
+        skipped_total   bigint NOT NULL DEFAULT 0,
+        missed_total    bigint NOT NULL DEFAULT 0,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        updated_at      timestamptz NOT NULL DEFAULT now(),
+        CHECK ((cron IS NULL) <> (every_s IS NULL))
+    );
+    CREATE TABLE IF NOT EXISTS soniq_schedule_fires (
+        schedule_name   text NOT NULL REFERENCES soniq_schedules (name) ON DELETE CASCADE,
+        fire_time       timestamptz NOT NULL,
+        job_id          uuid,
+        result          text NOT NULL CHECK (result IN ('fired', 'skipped_overlap')),
+        worker_id       text,
+        fired_at        timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (schedule_name, fire_time)
+    );
+    """,
 ]
 
 CREATE_VERSION_TABLE = """
@@ -216,6 +263,15 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[]
      AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc),
      (SELECT pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT q, ','))
       FROM unnest($3::text[]) AS q) AS wake
+"""
+
+# A schedule's fire (or trigger): the job records its schedule and fire time.
+INSERT_SCHEDULED_JOB = f"""
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context, schedule_name, fire_time)
+SELECT $1, $2, $3, $4::jsonb, $5, $6, coalesce($7, now() + make_interval(secs => $8)),
+       $9::jsonb, $10, $11
+FROM (SELECT pg_notify('{NOTIFY_CHANNEL}', $3)) AS wake
 """
 
 # enqueue_many's usual case: one job name, queue, priority and schedule for the whole batch,
@@ -320,7 +376,7 @@ _CLAIMED_COLUMNS = """
     j.attempts + (NOT picked.counted)::int AS attempt, j.max_attempts, j.created_at,
     j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at IS NOT NULL AS revived,
     extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s,
-    picked.counted, j.suspect, picked.n
+    picked.counted, j.suspect, picked.n, j.schedule_name, j.fire_time
 """
 
 # What the worker reads of each claimed row (n only orders them).
@@ -328,7 +384,7 @@ _CLAIMED_OUT = """
     claimed.id, claimed.job_name, claimed.queue, claimed.args, claimed.priority,
     claimed.attempt, claimed.max_attempts, claimed.created_at, claimed.scheduled_at,
     claimed.trace_context, claimed.revived, claimed.queue_wait_s, claimed.counted,
-    claimed.suspect"""
+    claimed.suspect, claimed.schedule_name, claimed.fire_time"""
 
 
 def finish_and_claim(queue_filter: str, with_due: bool = False) -> str:
@@ -623,3 +679,168 @@ SELECT quote_ident(tablename) FROM pg_tables
 WHERE schemaname = current_schema() AND tablename LIKE 'soniq\\_%'
   AND tablename <> 'soniq_schema_version'
 """
+
+# ---------------------------------------------------------------------------------------------
+# Schedules (soniq.schedules). Run by soniq.schedules.store.ScheduleStore only. Fire times are
+# decided on the database clock, like every other "due" in Soniq.
+
+_SCHEDULE_COLUMNS = """
+s.name, s.job_name, s.cron, s.every_s, s.timezone, s.args::text AS args, s.queue, s.priority,
+s.max_attempts, s.missed, s.overlap, s.jitter_s, s.source, s.paused, s.next_run_at,
+s.last_run_at, s.last_job_id::text AS last_job_id, s.fired_total, s.skipped_total,
+s.missed_total, s.created_at, s.updated_at
+"""
+
+DB_NOW = "SELECT now()"
+
+# Whether a live worker knows the schedule's job ($1: the lease in seconds).
+_ORPHANED = """
+NOT EXISTS (SELECT 1 FROM soniq_workers AS w
+            WHERE w.heartbeat_at > now() - make_interval(secs => $1)
+              AND s.job_name = ANY(w.job_names)) AS orphaned
+"""
+
+LIST_SCHEDULES = f"""
+SELECT {_SCHEDULE_COLUMNS}, {_ORPHANED}, now() AS db_now
+FROM soniq_schedules AS s ORDER BY s.name
+"""
+
+GET_SCHEDULE = f"""
+SELECT {_SCHEDULE_COLUMNS}, {_ORPHANED}, now() AS db_now
+FROM soniq_schedules AS s WHERE s.name = $2
+"""
+
+# A worker's schedules: those whose job it knows ($1), with the database's now, so it can
+# sleep until each next fire time without asking again.
+WORKER_SCHEDULES = f"""
+SELECT {_SCHEDULE_COLUMNS}, now() AS db_now
+FROM soniq_schedules AS s WHERE s.job_name = ANY($1::text[])
+"""
+
+# The job names a worker knows, for the orphan check in LIST_SCHEDULES.
+SET_WORKER_JOB_NAMES = """
+UPDATE soniq_workers SET job_names = $2
+WHERE id = $1 AND job_names IS DISTINCT FROM $2
+RETURNING 1
+"""
+
+# A schedule declared in code (@app.periodic), written by each worker as it starts. A changed
+# timetable takes the next fire time computed for it ($14); an unchanged one keeps its own, so
+# fires missed while no worker ran are still seen as missed. A paused schedule stays paused.
+UPSERT_SCHEDULE = """
+INSERT INTO soniq_schedules AS s (name, job_name, cron, every_s, timezone, args, queue, priority,
+                                  max_attempts, missed, overlap, jitter_s, source, next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (name) DO UPDATE SET
+    job_name = EXCLUDED.job_name, cron = EXCLUDED.cron, every_s = EXCLUDED.every_s,
+    timezone = EXCLUDED.timezone, args = EXCLUDED.args, queue = EXCLUDED.queue,
+    priority = EXCLUDED.priority, max_attempts = EXCLUDED.max_attempts,
+    missed = EXCLUDED.missed, overlap = EXCLUDED.overlap, jitter_s = EXCLUDED.jitter_s,
+    source = EXCLUDED.source,
+    next_run_at = CASE
+        WHEN s.paused THEN NULL
+        WHEN $15 OR s.next_run_at IS NULL
+             OR (s.cron, s.every_s, s.timezone)
+                IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every_s, EXCLUDED.timezone)
+        THEN EXCLUDED.next_run_at
+        ELSE s.next_run_at END,
+    updated_at = now()
+WHERE $15 OR (s.job_name, s.cron, s.every_s, s.timezone, s.args, s.queue, s.priority,
+              s.max_attempts, s.missed, s.overlap, s.jitter_s, s.source)
+    IS DISTINCT FROM (EXCLUDED.job_name, EXCLUDED.cron, EXCLUDED.every_s, EXCLUDED.timezone,
+                      EXCLUDED.args, EXCLUDED.queue, EXCLUDED.priority, EXCLUDED.max_attempts,
+                      EXCLUDED.missed, EXCLUDED.overlap, EXCLUDED.jitter_s, EXCLUDED.source)
+RETURNING 1
+"""
+
+NOTIFY_SCHEDULES = f"SELECT pg_notify('{SCHEDULES_CHANNEL}', $1)"
+
+# The fire: the schedule row locked (workers due at the same moment queue here, and the ones
+# after the first find next_run_at already moved on), with the database's now and whether the
+# schedule's previous job is still queued or running (for overlap=False).
+LOCK_SCHEDULE = f"""
+SELECT {_SCHEDULE_COLUMNS}, now() AS db_now,
+       coalesce(j.status IN ('queued', 'processing'), false) AS busy
+FROM soniq_schedules AS s LEFT JOIN soniq_jobs AS j ON j.id = s.last_job_id
+WHERE s.name = $1
+FOR UPDATE OF s
+"""
+
+# The exactly-once key: a second insert of the same (schedule, fire time) does nothing, and
+# the caller writes no job.
+INSERT_FIRE = """
+INSERT INTO soniq_schedule_fires (schedule_name, fire_time, job_id, result, worker_id)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING
+RETURNING 1
+"""
+
+# Fire rows are needed only while a worker could still try that fire time (never once
+# next_run_at has passed it); a day of them is kept for inspection.
+PURGE_FIRES = """
+DELETE FROM soniq_schedule_fires
+WHERE schedule_name = $1 AND fire_time < $2::timestamptz - interval '1 day'
+"""
+
+ADVANCE_SCHEDULE = """
+UPDATE soniq_schedules SET
+    next_run_at = $2,
+    last_run_at = coalesce($3, last_run_at),
+    last_job_id = coalesce($4::uuid, last_job_id),
+    fired_total = fired_total + $5,
+    skipped_total = skipped_total + $6,
+    missed_total = missed_total + $7
+WHERE name = $1
+"""
+
+PAUSE_SCHEDULE = """
+UPDATE soniq_schedules SET paused = true, next_run_at = NULL, updated_at = now()
+WHERE name = $1 RETURNING 1
+"""
+
+# Resume: fires from the next fire time after now ($2, computed by the caller from the row
+# locked with LOCK_SCHEDULE); the ones that passed while paused are not fired.
+RESUME_SCHEDULE = """
+UPDATE soniq_schedules SET paused = false, next_run_at = $2, updated_at = now()
+WHERE name = $1 RETURNING 1
+"""
+
+REMOVE_SCHEDULE = "DELETE FROM soniq_schedules WHERE name = $1 RETURNING 1"
+
+SET_LAST_JOB = "UPDATE soniq_schedules SET last_job_id = $2::uuid WHERE name = $1"
+
+# `soniq schedules trigger` without the app's code: the job is written from the row alone.
+TRIGGER_FROM_ROW = f"""
+WITH job AS (
+    INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, schedule_name,
+                            fire_time)
+    SELECT $2, s.job_name, s.queue, s.args, s.priority, s.max_attempts, s.name, now()
+    FROM soniq_schedules AS s WHERE s.name = $1
+    RETURNING id, queue
+), mark AS (
+    UPDATE soniq_schedules AS s SET last_job_id = job.id FROM job WHERE s.name = $1
+)
+SELECT job.id::text, pg_notify('{NOTIFY_CHANNEL}', job.queue) FROM job
+"""
+
+# For Prometheus: read by the one process of a fleet that reports queue state.
+SCHEDULE_METRICS = """
+SELECT s.name, s.fired_total, s.skipped_total, s.missed_total,
+       extract(epoch FROM s.last_run_at)::float8 AS last_run_at,
+       extract(epoch FROM s.next_run_at)::float8 AS next_run_at
+FROM soniq_schedules AS s ORDER BY s.name
+"""
+
+# soniq.testing.Clock moves time forward by shifting stored times back by $1 seconds; these are
+# the schedules' times. The fire keys are dropped rather than shifted (a shifted key could meet
+# an older one mid-statement): next_run_at, moved under the schedule's row lock, already keeps a
+# fire time from being tried twice, and the fires from here on get their keys again.
+# Running workers are told (NOTIFY), so they sleep until the moved fire times.
+SHIFT_SCHEDULE_TIMES = f"""
+WITH forget AS (DELETE FROM soniq_schedule_fires)
+UPDATE soniq_schedules SET next_run_at = next_run_at - make_interval(secs => $1),
+                           last_run_at = last_run_at - make_interval(secs => $1)
+FROM (SELECT pg_notify('{SCHEDULES_CHANNEL}', '*')) AS wake
+"""
+
+TIME_SHIFTS.append(SHIFT_SCHEDULE_TIMES)

@@ -230,10 +230,14 @@ class Store:
     async def insert(self, jobs: Sequence[PendingJob], conn: Connection | None) -> None:
         if not self._schema_checked:
             await self.check_schema(conn)
-        if len(jobs) == 1 and _ready_plain(jobs[0]):
+        query: str
+        args: tuple[Any, ...]
+        if len(jobs) == 1 and jobs[0].schedule is not None:
+            query, args = sql.INSERT_SCHEDULED_JOB, _scheduled_args(jobs[0])
+        elif len(jobs) == 1 and _ready_plain(jobs[0]):
             j = jobs[0]
-            query: str = sql.INSERT_READY_JOB
-            args: tuple[Any, ...] = (
+            query = sql.INSERT_READY_JOB
+            args = (
                 j.id,
                 j.spec.name,
                 j.queue,
@@ -449,6 +453,22 @@ class Store:
         tables = [r[0] for r in await self.fetch(sql.DATA_TABLES)]
         if tables:
             await self.fetch(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+
+
+def _scheduled_args(j: PendingJob) -> tuple[Any, ...]:
+    return (
+        j.id,
+        j.spec.name,
+        j.queue,
+        j.args_json,
+        j.priority,
+        j.spec.max_attempts,
+        j.scheduled_at,
+        j.delay_s,
+        json.dumps(j.trace_context) if j.trace_context else None,
+        j.schedule,
+        j.fire_time,
+    )
 
 
 def _ready_plain(job: PendingJob) -> bool:

@@ -36,6 +36,7 @@ from .worker_store import WorkerStore
 
 if TYPE_CHECKING:
     from .app import Soniq
+    from .schedules import ScheduleRunner
 
 logger = logging.getLogger("soniq")
 
@@ -105,6 +106,8 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._held: set[str] = set()
         self._signals = StopOnSignal(self)
+        # The firing loop of the schedules (soniq.schedules), not with run_once.
+        self.schedules: ScheduleRunner | None = None
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -153,9 +156,13 @@ class Worker:
                 },
             )
             if not self.run_once:
+                from .schedules import ScheduleRunner
+
+                self.schedules = ScheduleRunner(self.app, self.id)
                 self._background = [
                     asyncio.create_task(self._liveness.listen(), name="soniq-listen"),
                     asyncio.create_task(self._liveness.heartbeat(), name="soniq-heartbeat"),
+                    asyncio.create_task(self.schedules.run(), name="soniq-schedules"),
                 ]
             await self._loop()
         finally:
@@ -381,6 +388,8 @@ class Worker:
             spec=spec,
             trace_context=json.loads(job.trace_context) if job.trace_context else None,
             revived=job.revived,
+            schedule=job.schedule_name,
+            fire_time=job.fire_time,
         )
         self._running[job_id] = asyncio.create_task(self._attempt(ctx), name=f"soniq-{job_id}")
 

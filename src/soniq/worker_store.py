@@ -146,14 +146,21 @@ class WorkerStore:
             sql.DEREGISTER_WORKER, self.worker_id, timeout=self._store.command_timeout
         )
 
-    async def listen(self, on_notify: Callable[[object], None]) -> ListenConnection:
-        """A dedicated connection listening for new jobs; ``on_notify`` gets each payload."""
+    async def listen(
+        self,
+        on_notify: Callable[[object], None],
+        on_schedules: Callable[[], None] | None = None,
+    ) -> ListenConnection:
+        """A dedicated connection listening for new jobs; ``on_notify`` gets each payload.
+        ``on_schedules`` is called when a schedule changes (soniq.schedules)."""
         conn = await self._store.connect()
         try:
             listening = ListenConnection(conn, self._store.connect_timeout)
             await conn.add_listener(
                 sql.NOTIFY_CHANNEL, lambda _conn, _pid, _channel, payload: on_notify(payload)
             )
+            if on_schedules is not None:
+                await conn.add_listener(sql.SCHEDULES_CHANNEL, lambda *_: on_schedules())
         except BaseException:
             conn.terminate()
             raise

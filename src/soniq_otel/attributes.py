@@ -34,6 +34,9 @@ JOB_TIMEOUT: Final = "soniq.job.timeout_seconds"
 JOB_DELAY: Final = "soniq.job.delay_seconds"
 JOB_SCHEDULED_AT: Final = "soniq.job.scheduled_at"
 JOB_ARGS_PREFIX: Final = "soniq.job.args."
+# On the `send` span of a schedule's fire (or trigger): which schedule, for which fire time.
+SCHEDULE_NAME: Final = "soniq.schedule.name"
+SCHEDULE_FIRE_TIME: Final = "soniq.schedule.fire_time"
 
 # On links: which relation a link stands for.
 LINK_TYPE: Final = "soniq.link.type"

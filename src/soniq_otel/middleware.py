@@ -157,6 +157,10 @@ class TracingMiddleware(Middleware):
                 attrs[A.JOB_DELAY] = first.delay_s
             if self._record_all_args or self._record_arg_names:
                 self._add_args(attrs, json.loads(first.args_json))
+            if first.schedule is not None:
+                attrs[A.SCHEDULE_NAME] = first.schedule
+                if first.fire_time is not None:
+                    attrs[A.SCHEDULE_FIRE_TIME] = first.fire_time.isoformat()
         span = self.tracer.start_span(
             f"send {first.job_name}", kind=SpanKind.PRODUCER, attributes=attrs
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,8 +23,11 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from soniq.queue_state import STATES, QueueState
 
+from .schedule_state import schedule_families
+
 if TYPE_CHECKING:
     from soniq import FleetRole, Soniq
+    from soniq.schedules import ScheduleState
 
 #: The fleet role whose holder reports the queue state (see ``app.fleet_role``).
 REPORTER_ROLE = "soniq_prom.queue_state_reporter"
@@ -47,6 +51,8 @@ class QueueSnapshot:
     oldest_ready_age: dict[str, float]
     workers_live: int
     taken_at: float
+    # ``app.scheduler.state()``, read in the same refresh.
+    schedules: tuple[ScheduleState, ...] = ()
 
 
 def build_snapshot(
@@ -138,6 +144,7 @@ class QueueStateCollector:
         yield jobs
         yield age
         yield workers
+        yield from schedule_families(None if snapshot is None else snapshot.schedules)
 
     # -- refreshing ----------------------------------------------------------------------
     @property
@@ -209,9 +216,11 @@ class QueueStateCollector:
             return
         self.queries += 1
         state = await self._app.queue_state()
-        self._snapshot = build_snapshot(
+        snapshot = build_snapshot(
             state, self._known_queues(), self._max_queues, self._overflow, time.monotonic()
         )
+        schedules = await self._app.scheduler.state()
+        self._snapshot = dataclasses.replace(snapshot, schedules=schedules)
         self._schedule_release()
 
     def _schedule_release(self) -> None:
