@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -61,43 +60,6 @@ async def test_quickstart_runs_as_a_user_runs_it(clean_db: str, db: asyncpg.Conn
     row = await db.fetchrow("SELECT status, job_name, queue FROM soniq_jobs WHERE id = $1", job_id)
     assert row is not None
     assert dict(row) == {"status": "done", "job_name": "emails.send_welcome", "queue": "emails"}
-
-
-# -- demo.py ----------------------------------------------------------------------------------
-
-UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-
-
-async def test_the_demo_shows_whole_ids_and_the_failure(
-    clean_db: str, db: asyncpg.Connection
-) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "examples/demo.py"],
-        cwd=ROOT,
-        env={**os.environ, "SONIQ_DATABASE_URL": clean_db},
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    hooks = [
-        line.split()
-        for line in result.stdout.splitlines()
-        if line.lstrip().startswith(("before_job", "after_job", "on_error"))
-    ]
-    shown = {words[2].strip("()") for words in hooks}
-    # Time-ordered ids made together share their first characters: only whole ids are useful.
-    assert all(UUID7.fullmatch(job_id) for job_id in shown), shown
-    stored = {str(r["id"]) for r in await db.fetch("SELECT id FROM soniq_jobs")}
-    assert shown == stored and len(stored) == 4
-    dead = str(await db.fetchval("SELECT id FROM soniq_jobs WHERE status = 'dead_letter'"))
-    assert f"Payment job {dead} is dead_letter after 3 attempts" in result.stdout
-    assert f"soniq dead-letter retry {dead}" in result.stdout
-    # The failures show in its log without any instrumentation (logging.basicConfig only).
-    assert f"Job __main__.charge_card ({dead}) failed on attempt 1 of 3" in result.stderr
-    assert "moved to the dead-letter queue" in result.stderr
 
 
 # -- compose_app.py ---------------------------------------------------------------------------
