@@ -27,6 +27,8 @@ PROGRAM_TESTS = [
     "tests/test_deploy_metrics.py::test_a_real_prometheus_answers_every_dashboard_query",
     "tests/test_deploy_metrics.py::test_a_real_prometheus_loads_the_rules_and_fires_on_the_dead_letter",
     "tests/test_deploy_metrics.py::test_a_real_prometheus_stores_exemplars_that_name_a_trace",
+    "tests/test_prom_worker.py::test_worker_process_endpoint_counts_the_jobs_it_ran",
+    "tests/test_prom_worker.py::test_prometheus_server_scrapes_a_worker_and_answers_queries",
 ]
 
 
