@@ -21,7 +21,7 @@ import soniq_otel
 import soniq_prom
 from soniq import ConfigurationError, Middleware, Soniq
 from soniq.instrumentation import ENTRY_POINT_GROUP, available
-from soniq.logs import LogConfig, LogMiddleware
+from soniq.logs import FailureLogMiddleware, LogConfig, LogMiddleware
 from soniq.logs import install as install_logs
 from soniq_otel import OtelConfig, TracingMiddleware
 from soniq_prom import PrometheusConfig, PrometheusMetrics
@@ -115,7 +115,8 @@ def test_an_unknown_name_lists_what_is_installed_and_how_to_add_one(app: Soniq) 
     assert "'sentri'" in message
     assert "available: logs, otel, prometheus" in message
     assert f'"{ENTRY_POINT_GROUP}"' in message and "install(app, config=None)" in message
-    assert list(app.middleware) == [], "nothing is installed when one name is wrong"
+    # Nothing is installed when one name is wrong: the chain has only the layer it started with.
+    assert [type(m) for m in app.middleware] == [FailureLogMiddleware]
 
 
 def test_an_entry_point_without_install_is_refused_by_name(
@@ -270,6 +271,8 @@ async def test_a_second_install_keeps_or_replaces_by_the_same_rule(
     class User(Middleware):
         pass
 
+    # The install rule alone (the default failure layer has tests of its own).
+    app.middleware.remove(FailureLogMiddleware)
     app.middleware.add(User())
     first = install(app, defaults)
     assert [type(m) for m in app.middleware] == [kind, User], "in front of the user's layers"
