@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from soniq import Backoff, Soniq
-from soniq.logs import FailureLogMiddleware, LogConfig
+from soniq.logs import FailureLogMiddleware, LogConfig, LogMiddleware
 from tests.support.waiting import running_worker, wait_status
 
 
@@ -84,7 +84,7 @@ async def test_with_the_logs_layer_each_failure_is_logged_once(
 ) -> None:
     failing_job(app)
     app.instrument(logs=LogConfig(attach_context_filter=False))
-    assert FailureLogMiddleware not in app.middleware
+    assert FailureLogMiddleware in app.middleware  # still listed: it steps aside
     caplog.set_level(logging.INFO, logger="soniq.jobs")
     async with running_worker(app):
         job_id = await app.enqueue("flaky", n=1)
@@ -94,7 +94,24 @@ async def test_with_the_logs_layer_each_failure_is_logged_once(
         (logging.WARNING, "job.retry"),
         (logging.ERROR, "job.dead_letter"),
     ]
+    # The log layer's records (with every field), not the default layer's sentences.
     assert all(getattr(r, "job_id", None) == job_id for r in failures)
+
+
+async def test_removing_the_logs_layer_brings_the_default_back(
+    app: Soniq, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing_job(app)
+    app.instrument(logs=LogConfig(attach_context_filter=False))
+    app.middleware.remove(LogMiddleware)
+    caplog.set_level(logging.INFO, logger="soniq.jobs")
+    async with running_worker(app):
+        job_id = await app.enqueue("flaky", n=2)
+        await wait_status(app, job_id, "dead_letter")
+    messages = [r.getMessage() for r in job_records(caplog)]
+    assert len(messages) == 2
+    assert messages[0].startswith(f"Job flaky ({job_id}) failed on attempt 1 of 2")
+    assert messages[1].startswith(f"Job flaky ({job_id}) failed on attempt 2 of 2")
 
 
 async def test_the_default_layer_can_be_removed(

@@ -94,7 +94,11 @@ async def test_a_third_package_plugs_in_by_declaring_an_entry_point(
         app.instrument(sentry={"tag": "from-config"}, logs=LogConfig(attach_context_filter=False))
         app.instrument(sentry=True)  # its own install decides what again means: nothing here
         plugin = sys.modules[PLUGIN]
-        assert [type(m).__name__ for m in app.middleware] == ["LogMiddleware", "SentryProbe"]
+        assert [type(m).__name__ for m in app.middleware] == [
+            "LogMiddleware",
+            "FailureLogMiddleware",
+            "SentryProbe",
+        ]
 
         @app.job(name="probed")
         async def probed() -> None:

@@ -64,9 +64,6 @@ def install(app: Soniq, config: LogConfig | Mapping[str, Any] | None = None) -> 
     layer = install_layer(
         app, LogMiddleware, wanted, LogMiddleware, config_of=lambda layer: layer.config
     )
-    if FailureLogMiddleware in app.middleware:
-        # The log layer reports failures itself, with every field; once is enough.
-        app.middleware.remove(FailureLogMiddleware)
     if layer.config.attach_context_filter:
         attach_context_filter()
     return layer

@@ -7,8 +7,9 @@ sentences. Successes log nothing: a worker at the default INFO level stays quiet
 well.
 
 The full structured-log layer (``app.instrument(logs=True)``, :mod:`soniq.logs.middleware`)
-logs the same two events with every field; installing it removes this layer, so no failure is
-logged twice.
+logs the same two events with every field. While it is in the chain this layer steps aside (it
+stays listed, but adds nothing to the composed chain), so no failure is logged twice; remove
+the log layer and this one logs again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..context import AttemptContext, Outcome
 from ..middleware import CallNext, Middleware, MiddlewareChain
+from .middleware import LogMiddleware
 
 #: The ``event`` field, as the structured-log layer names the same two events.
 RETRY_EVENT = "job.retry"
@@ -57,6 +59,10 @@ class FailureLogMiddleware(Middleware):
         wrapper's promises itself: the job's result or error passes through untouched (the
         inner layers settled the outcome) and its own failure is reported, never raised.
         """
+        if any(isinstance(layer, LogMiddleware) for layer in chain):
+            # The log layer reports each failure itself, with every field: once is enough. Any
+            # edit composes the chain again, so removing that layer brings this step back.
+            return call_next
 
         async def failure_log(ctx: AttemptContext) -> Any:
             try:
