@@ -18,7 +18,8 @@ import logging
 from datetime import timezone
 from typing import Any
 
-from ..context import AttemptContext, Outcome
+from ..context import AttemptContext
+from ..jobs import Outcome
 from ..middleware import CallNext, Middleware, MiddlewareChain
 from .middleware import LogMiddleware
 
@@ -78,12 +79,12 @@ class FailureLogMiddleware(Middleware):
 
     def failed(self, ctx: AttemptContext, exc: Exception) -> None:
         # Inner layers settled the outcome; the fallback only guards a chain that did not.
-        outcome: Outcome = ctx.outcome or ("dead_letter" if ctx.final else "retry")
+        outcome = ctx.outcome or (Outcome.DEAD_LETTER if ctx.final else Outcome.RETRY)
         what = (
             f"Job {ctx.job_name} ({ctx.job_id}) failed on attempt {ctx.attempt} of "
             f"{ctx.max_attempts}: {exc!r}"
         )
-        if outcome == "retry":
+        if outcome == Outcome.RETRY:
             self.logger.warning("%s; %s", what, _when_again(ctx), extra={"event": RETRY_EVENT})
         else:
             self.logger.error(
