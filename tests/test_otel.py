@@ -534,8 +534,8 @@ async def test_log_records_of_an_attempt_carry_its_span(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="soniq.jobs")  # job.started is DEBUG
     traced.instrument(logs=True)  # behind tracing: order 10, then 20
-    # 25: every app's default failure log, which steps aside beside the log layer.
-    assert [m.order for m in traced.middleware] == [10, 20, 25]
+    # 22: every app's default failure log, which steps aside beside the log layer.
+    assert [m.order for m in traced.middleware] == [10, 20, 22]
 
     @traced.job(name="logged", max_retries=1, retry_backoff=0.01)
     async def logged(ctx: JobContext) -> None:

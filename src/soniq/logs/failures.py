@@ -36,8 +36,9 @@ class FailureLogMiddleware(Middleware):
     """
 
     telemetry = True
-    # Inside tracing (10), so a handler's JobContextFilter adds the attempt's trace ids.
-    order = 25
+    # Between the log layer (20) and OTLP log export (25); inside tracing (10), so a handler's
+    # JobContextFilter adds the attempt's trace ids.
+    order = 22
 
     def __init__(self, logger_name: str = "soniq.jobs") -> None:
         self.logger = logging.getLogger(logger_name)
