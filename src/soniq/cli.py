@@ -35,6 +35,7 @@ Examples:
   soniq worker myapp.jobs:app -c 10       run a worker (its failures are logged)
   soniq status                            jobs per queue and state
   soniq jobs list --status dead_letter    jobs, with their whole ids
+  soniq schedules list                    periodic jobs and their next run
   soniq dead-letter list                  failed jobs, with their whole ids
   soniq dead-letter retry --all           run them again
 
