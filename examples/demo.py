@@ -26,14 +26,16 @@ def charge_card(order_id: int, ctx: JobContext) -> None:
     raise RuntimeError(f"card declined for order {order_id} (attempt {ctx.attempt})")
 
 
+# Ids are printed whole: they are time-ordered UUIDs (v7), so jobs made in the same moment share
+# their first characters and only the whole id tells them apart.
 @app.before_job
 async def log_start(job_name: str, job_id: str, attempt: int) -> None:
-    print(f"  before_job  {job_name} ({job_id[:8]}) attempt {attempt}")
+    print(f"  before_job  {job_name} ({job_id}) attempt {attempt}")
 
 
 @app.after_job
 async def log_success(job_name: str, job_id: str, duration_ms: float) -> None:
-    print(f"  after_job   {job_name} ({job_id[:8]}) in {duration_ms:.1f}ms")
+    print(f"  after_job   {job_name} ({job_id}) in {duration_ms:.1f}ms")
 
 
 @app.on_error
@@ -41,7 +43,7 @@ async def log_failure(job_name: str, job_id: str, error: str, attempt: int) -> N
     meta = app._get_job_registry().get_job(job_name)
     final = meta is not None and attempt >= meta["max_retries"] + 1
     verdict = "-> dead-letter queue" if final else "-> will retry"
-    print(f"  on_error    {job_name} ({job_id[:8]}) attempt {attempt}: {error} {verdict}")
+    print(f"  on_error    {job_name} ({job_id}) attempt {attempt}: {error} {verdict}")
 
 
 async def main() -> None:
@@ -68,12 +70,13 @@ async def main() -> None:
         job = await app.get_job(failing)
         assert job is not None
         print(
-            f"\nPayment job is {job['status']} after {job['attempts']} attempts: "
+            f"\nPayment job {failing} is {job['status']} after {job['attempts']} attempts: "
             f"{job['last_error']}"
         )
         for row in await app.queue_status():
             print(f"queue {row['queue']}: done={row['done']} dead_letter={row['dead_letter']}")
         print("\nTry: soniq status   |   soniq dead-letter list")
+        print(f"     soniq dead-letter retry {failing}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,8 @@ import pytest
 from soniq import Soniq
 from tests.support.procs import ROOT, env_for, soniq, start_soniq
 from tests.support.waiting import wait_until
+
+UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 @pytest.fixture
@@ -157,8 +161,9 @@ def test_cli_reports_a_missing_schema_clearly(empty_database_url: str) -> None:
     assert "soniq setup" in result.stderr
 
 
-def test_demo_runs_end_to_end(clean_db: str) -> None:
-    result = subprocess.run(
+async def test_demo_runs_end_to_end(clean_db: str, db: asyncpg.Connection) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "examples/demo.py"],
         cwd=ROOT,
         env=env_for(clean_db),
@@ -172,4 +177,19 @@ def test_demo_runs_end_to_end(clean_db: str) -> None:
     assert out.count("after_job") == 3
     assert "attempt 1: card declined" in out and "-> will retry" in out
     assert "-> dead-letter queue" in out
-    assert "Payment job is dead_letter after 3 attempts" in out
+    # Ids are whole: time-ordered ids made together share their first characters.
+    hooks = [
+        line.split()
+        for line in out.splitlines()
+        if line.lstrip().startswith(("before_job", "after_job", "on_error"))
+    ]
+    shown = {words[2].strip("()") for words in hooks}
+    assert all(UUID7.fullmatch(job_id) for job_id in shown), shown
+    stored = {str(r["id"]) for r in await db.fetch("SELECT id FROM soniq_jobs")}
+    assert shown == stored and len(stored) == 4
+    dead = str(await db.fetchval("SELECT id FROM soniq_jobs WHERE status = 'dead_letter'"))
+    assert f"Payment job {dead} is dead_letter after 3 attempts" in out
+    assert f"soniq dead-letter retry {dead}" in out
+    # The failures show in its log without any instrumentation (logging.basicConfig only).
+    assert f"Job __main__.charge_card ({dead}) failed on attempt 1 of 3" in result.stderr
+    assert "moved to the dead-letter queue" in result.stderr

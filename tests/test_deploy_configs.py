@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from soniq import Settings
+from tests.support.programs import require_program
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -50,9 +51,7 @@ def _seconds(duration: str) -> float:
 
 
 def _promtool() -> str:
-    found = shutil.which("promtool")
-    assert found, "promtool is missing: apt-get install prometheus (.ci/run does)"
-    return found
+    return require_program("promtool", "prometheus")
 
 
 # -- Compose ----------------------------------------------------------------------------------

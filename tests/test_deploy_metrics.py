@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from tests.support.programs import require_program
 from tests.test_deploy_queries import all_queries, dashboard_queries, problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,11 +236,14 @@ GRAFANA_VALUES = {
 
 
 @pytest.fixture(scope="module")
-def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prometheus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """Debian's Prometheus server with deploy/prometheus/prometheus.yml and alerts.yml, its
     targets pointed at the stack's worker and producer, scraping and evaluating every second."""
-    binary = shutil.which("prometheus")
-    assert binary, "the prometheus server is missing: apt-get install prometheus (.ci/run does)"
+    # Looked for before the stack starts: without the program these tests skip at once.
+    binary = require_program("prometheus", "prometheus")
+    stack: Stack = request.getfixturevalue("stack")
     folder = tmp_path_factory.mktemp("prometheus")
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}

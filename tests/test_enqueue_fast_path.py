@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -98,8 +99,8 @@ class FreezingProxy:
     """A TCP proxy to PostgreSQL that can go silent (no data, no close): a network that drops
     packets without telling anyone."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
+    def __init__(self, target: tuple[str, int] | Path) -> None:
+        self.target = target  # host and port, or a Unix socket
         self.frozen = asyncio.Event()
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -110,7 +111,10 @@ class FreezingProxy:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        if isinstance(self.target, Path):
+            up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.writers += [writer, up_writer]
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -142,11 +146,25 @@ class FreezingProxy:
             writer.transport.abort()
 
 
+def _unix_socket(folder: str) -> Path:
+    [socket] = [p for p in Path(folder).glob(".s.PGSQL.*") if not p.name.endswith(".lock")]
+    return socket
+
+
 async def test_an_enqueue_on_a_silent_network_fails_instead_of_hanging(clean_db: str) -> None:
     parts = urlsplit(clean_db)
-    proxy = FreezingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    query = dict(parse_qsl(parts.query))
+    socket_dir = query.pop("host", "")
+    if socket_dir.startswith("/"):
+        # The embedded server the tests start on a machine without PostgreSQL listens on a
+        # Unix socket only (postgresql://postgres:@/db?host=/folder).
+        proxy = FreezingProxy(await asyncio.to_thread(_unix_socket, socket_dir))
+    else:
+        proxy = FreezingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
     await proxy.start()
-    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    url = urlunsplit(
+        parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}", query=urlencode(query))
+    )
     app = Soniq(url, command_timeout=0.5, connect_timeout=1.0)
 
     @app.job(name="job")

@@ -21,7 +21,7 @@ import soniq_otel
 import soniq_prom
 from soniq import ConfigurationError, Middleware, Soniq
 from soniq.instrumentation import ENTRY_POINT_GROUP, available
-from soniq.logs import LogConfig, LogMiddleware
+from soniq.logs import FailureLogMiddleware, LogConfig, LogMiddleware
 from soniq.logs import install as install_logs
 from soniq_otel import OtelConfig, TracingMiddleware
 from soniq_prom import PrometheusConfig, PrometheusMetrics
@@ -94,7 +94,11 @@ async def test_a_third_package_plugs_in_by_declaring_an_entry_point(
         app.instrument(sentry={"tag": "from-config"}, logs=LogConfig(attach_context_filter=False))
         app.instrument(sentry=True)  # its own install decides what again means: nothing here
         plugin = sys.modules[PLUGIN]
-        assert [type(m).__name__ for m in app.middleware] == ["LogMiddleware", "SentryProbe"]
+        assert [type(m).__name__ for m in app.middleware] == [
+            "LogMiddleware",
+            "FailureLogMiddleware",
+            "SentryProbe",
+        ]
 
         @app.job(name="probed")
         async def probed() -> None:
@@ -115,7 +119,8 @@ def test_an_unknown_name_lists_what_is_installed_and_how_to_add_one(app: Soniq) 
     assert "'sentri'" in message
     assert "available: logs, otel, prometheus" in message
     assert f'"{ENTRY_POINT_GROUP}"' in message and "install(app, config=None)" in message
-    assert list(app.middleware) == [], "nothing is installed when one name is wrong"
+    # Nothing is installed when one name is wrong: the chain has only the layer it started with.
+    assert [type(m) for m in app.middleware] == [FailureLogMiddleware]
 
 
 def test_an_entry_point_without_install_is_refused_by_name(
@@ -270,6 +275,8 @@ async def test_a_second_install_keeps_or_replaces_by_the_same_rule(
     class User(Middleware):
         pass
 
+    # The install rule alone (the default failure layer has tests of its own).
+    app.middleware.remove(FailureLogMiddleware)
     app.middleware.add(User())
     first = install(app, defaults)
     assert [type(m) for m in app.middleware] == [kind, User], "in front of the user's layers"

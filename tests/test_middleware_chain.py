@@ -24,6 +24,7 @@ from soniq import (
     Soniq,
     current_attempt,
 )
+from soniq.logs import FailureLogMiddleware
 from soniq.testing import drain
 from tests.support.waiting import running_worker, wait_status, wait_until
 
@@ -192,7 +193,9 @@ def test_app_middleware_decorator_registers_a_function_and_returns_it(app: Soniq
         return await call_next(ctx)
 
     assert timing in app.middleware
-    (layer,) = list(app.middleware)
+    # After the layer every app starts with (failures logged without any instrumentation).
+    failures, layer = list(app.middleware)
+    assert isinstance(failures, FailureLogMiddleware)
     assert isinstance(layer, FunctionMiddleware) and layer.func is timing
 
 

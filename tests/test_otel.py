@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from soniq import ConfigurationError, JobContext, Middleware, Soniq
+from soniq.logs import FailureLogMiddleware
 from soniq_otel import PREVIOUS_ATTEMPT_KEY, OtelConfig, TracingMiddleware, build_tracer_provider
 from tests.support.waiting import running_worker, wait_status
 
@@ -121,7 +122,7 @@ async def test_instrument_twice_adds_one_outermost_layer(app: Soniq) -> None:
     app.instrument(otel=True)
     first = next(iter(app.middleware))
     app.instrument(otel=True)
-    assert [type(m) for m in app.middleware] == [TracingMiddleware, UserLayer]
+    assert [type(m) for m in app.middleware] == [TracingMiddleware, FailureLogMiddleware, UserLayer]
     assert next(iter(app.middleware)) is first  # nothing changed
     assert first.telemetry and first.order == 10
 
@@ -129,7 +130,7 @@ async def test_instrument_twice_adds_one_outermost_layer(app: Soniq) -> None:
     app.instrument(otel=OtelConfig(max_parent_age=5))
     app.instrument(otel=True)
     layers = list(app.middleware)
-    assert [type(m) for m in layers] == [TracingMiddleware, UserLayer]
+    assert [type(m) for m in layers] == [TracingMiddleware, FailureLogMiddleware, UserLayer]
     assert isinstance(layers[0], TracingMiddleware)
     assert layers[0].config == OtelConfig(max_parent_age=5)
 
@@ -533,7 +534,8 @@ async def test_log_records_of_an_attempt_carry_its_span(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="soniq.jobs")  # job.started is DEBUG
     traced.instrument(logs=True)  # behind tracing: order 10, then 20
-    assert [m.order for m in traced.middleware] == [10, 20]
+    # 22: every app's default failure log, which steps aside beside the log layer.
+    assert [m.order for m in traced.middleware] == [10, 20, 22]
 
     @traced.job(name="logged", max_retries=1, retry_backoff=0.01)
     async def logged(ctx: JobContext) -> None:

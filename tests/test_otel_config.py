@@ -12,12 +12,13 @@ import pytest
 
 from soniq import Soniq
 from soniq.errors import ConfigurationError
-from soniq.logs import LogMiddleware
+from soniq.logs import FailureLogMiddleware, LogMiddleware
 from soniq_otel import OtelConfig, OtelLogs, OtelMetrics, TracingMiddleware
 
 
 def layers(app: Soniq) -> list[type]:
-    return [type(layer) for layer in app.middleware]
+    # The layers instrument() added: every app also starts with the default failure log.
+    return [type(layer) for layer in app.middleware if not isinstance(layer, FailureLogMiddleware)]
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from soniq import Soniq
 from soniq_prom import metrics_of, render_async
+from tests.support.programs import require_program
 from tests.support.waiting import running_worker
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -41,13 +42,14 @@ async def test_the_table_documents_every_family_with_its_type(app: Soniq) -> Non
 
 
 async def test_the_example_alerts_pass_promtool(tmp_path: Path) -> None:
+    promtool_path = require_program("promtool", "prometheus")
     doc = await asyncio.to_thread(_doc)
     rules = re.search(r"```yaml\n(groups:.*?)```", doc, re.S)
     assert rules is not None
     path = tmp_path / "rules.yml"
     path.write_text(rules.group(1))
     promtool = await asyncio.create_subprocess_exec(
-        "promtool",
+        promtool_path,
         "check",
         "rules",
         str(path),

@@ -20,7 +20,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from soniq import AttemptContext, CallNext, FunctionMiddleware, Middleware, Soniq
-from soniq.logs import LogConfig, LogMiddleware
+from soniq.logs import FailureLogMiddleware, LogConfig, LogMiddleware
 from soniq_otel import TracingMiddleware
 from soniq_prom import (
     OVERFLOW_LABEL,
@@ -90,6 +90,7 @@ async def test_instrument_adds_one_metrics_layer_in_telemetry_order(metrics_app:
     assert [type(layer) for layer in app.middleware] == [
         TracingMiddleware,
         LogMiddleware,
+        FailureLogMiddleware,  # every app's; steps aside while LogMiddleware is there
         PrometheusMetrics,
         FunctionMiddleware,
     ]
@@ -102,7 +103,7 @@ async def test_instrument_adds_one_metrics_layer_in_telemetry_order(metrics_app:
     app.instrument(prometheus=PrometheusConfig(max_queues=3))
     second = metrics_of(app)
     assert second is not None and second is not first and second.config.max_queues == 3
-    assert list(app.middleware)[2] is second
+    assert list(app.middleware)[3] is second
     assert listeners == [second.count_telemetry_error]
     assert not list(first.registry.collect()), "the old layer's metrics are unregistered"
     async with running_worker(app):

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.samples import Sample
 
+from tests.support.programs import require_program
 from tests.support.waiting import wait_until
 from tests.test_prom_support import (
     log_text,
@@ -92,9 +93,10 @@ async def test_worker_process_endpoint_counts_the_jobs_it_ran(
     assert value(found, "soniq_workers_live") == 1
     assert {k for s in found for k in s.labels} <= ALLOWED_LABELS
 
-    # promtool's linter (HELP text, _total counters, base units, naming) is clean.
+    # promtool's linter (HELP text, _total counters, base units, naming) is clean. Looked for
+    # here, not first: without it the endpoint is still checked above, then the test skips.
     promtool = await asyncio.create_subprocess_exec(
-        "promtool",
+        require_program("promtool", "prometheus"),
         "check",
         "metrics",
         stdin=asyncio.subprocess.PIPE,
@@ -220,6 +222,7 @@ def _free_port() -> int:
 async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
     clean_db: str, db: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:
+    prometheus = require_program("prometheus", "prometheus")
     producer = make_app(clean_db, prometheus=False, traced=False)
     try:
         async with worker_process(clean_db, tmp_path / "worker.log") as (_proc, url):
@@ -244,7 +247,7 @@ async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
             )
             server = await spawn(
                 [
-                    "prometheus",
+                    prometheus,
                     f"--config.file={config}",
                     f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{port}",

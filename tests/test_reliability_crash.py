@@ -3,6 +3,7 @@ side of the lease, a slow worker that must keep its job."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ async def test_a_job_that_kills_its_worker_every_time_ends_in_the_dead_letter_qu
 
 
 async def test_a_lost_job_goes_back_with_its_attempt_counted_and_keeps_its_place(
-    app: Soniq, db: asyncpg.Connection[Any]
+    app: Soniq, db: asyncpg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Recovery as any worker does it, on a job held by a worker that no longer exists."""
 
@@ -162,3 +163,10 @@ async def test_a_lost_job_goes_back_with_its_attempt_counted_and_keeps_its_place
     )
     assert dead["attempts"] == 2 and dead["finished_at"] is not None
     assert dead["last_error"].endswith("attempts exhausted (the job may be killing its worker)")
+    # Put back: a WARNING; moved to the dead-letter queue: an ERROR, as for any dead letter.
+    lost = {
+        getattr(r, "job_id", None): r.levelno
+        for r in caplog.records
+        if getattr(r, "event", None) == "job.worker_lost"
+    }
+    assert lost == {first: logging.WARNING, last: logging.ERROR}

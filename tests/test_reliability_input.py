@@ -20,6 +20,7 @@ from soniq import (
     ConfigurationError,
     DatabaseUnavailable,
     JobArgumentsError,
+    JobContext,
     SchemaError,
     Soniq,
     Worker,
@@ -201,6 +202,62 @@ async def test_a_priority_outside_the_column_range_is_refused(
     with pytest.raises(JobArgumentsError, match="out of int32 range"):
         await echo_app.enqueue("echo", priority=2**40, value=1)
     assert await job_count(db) == 0
+
+
+@pytest.fixture
+async def record_app(app: Soniq) -> AsyncIterator[Soniq]:
+    @app.job(name="record", max_retries=0)
+    async def record(tag: str, ctx: JobContext, count: int = 1, *, note: str | None = None) -> None:
+        return None
+
+    yield app
+
+
+SIGNATURE = "Its signature is record(tag: str, count: int = 1, *, note: str | None = None) -> None"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problems"),
+    [
+        (
+            {"tagg": "x"},
+            "unexpected keyword argument 'tagg' (did you mean 'tag'?); "
+            "missing required argument 'tag'",
+        ),
+        ({}, "missing required argument 'tag'"),
+        (
+            {"tag": "x", "cuont": 2, "colour": "red"},
+            "unexpected keyword argument 'cuont' (did you mean 'count'?); "
+            "unexpected keyword argument 'colour'",
+        ),
+        (
+            {"tga": "x", "nte": "n", "count": 3},
+            "unexpected keyword argument 'tga' (did you mean 'tag'?); "
+            "unexpected keyword argument 'nte' (did you mean 'note'?); "
+            "missing required argument 'tag'",
+        ),
+    ],
+    ids=["typo", "missing", "two-unexpected", "typos-and-missing"],
+)
+async def test_an_argument_error_names_every_problem_and_the_signature(
+    record_app: Soniq, db: asyncpg.Connection[Any], kwargs: dict[str, Any], problems: str
+) -> None:
+    expected = f"Job 'record' cannot take these arguments: {problems}. {SIGNATURE}; "
+    with pytest.raises(JobArgumentsError) as raised:
+        await record_app.enqueue("record", **kwargs)
+    assert str(raised.value).startswith(expected)
+    with pytest.raises(JobArgumentsError) as raised:
+        await record_app.enqueue_many("record", [{"tag": "fine"}, kwargs])
+    assert str(raised.value).startswith(expected)
+    assert await job_count(db) == 0
+
+
+async def test_the_job_context_parameter_is_not_offered_as_a_fix(record_app: Soniq) -> None:
+    # ctx is filled in by Soniq: neither in the signature shown nor suggested for a typo.
+    with pytest.raises(JobArgumentsError) as raised:
+        await record_app.enqueue("record", tag="x", ctxx=1)
+    assert "unexpected keyword argument 'ctxx'. " in str(raised.value)
+    assert "ctx" not in str(raised.value).split("Its signature")[1]
 
 
 # -- results and errors the database cannot store ------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from soniq import Soniq
-from soniq.logs import LogMiddleware
+from soniq.logs import FailureLogMiddleware, LogMiddleware
 from soniq.testing import capture, capture_telemetry, drain, inline
 from soniq_otel import OtelConfig, TracingMiddleware
 from soniq_prom import metrics_of
@@ -81,7 +81,8 @@ async def test_the_apps_layers_are_put_back_as_they_were() -> None:
     [process] = telemetry.spans_named("process greet")
     assert process.attributes["soniq.job.args.name"] == "bo"
     layers = list(app.middleware)
-    assert [type(m) for m in layers] == [type(m) for m in before] == [TracingMiddleware]
+    assert [type(m) for m in layers] == [type(m) for m in before]
+    assert [type(m) for m in before] == [TracingMiddleware, FailureLogMiddleware]
     assert layers[0].config is mine  # type: ignore[attr-defined]
     assert metrics_of(app) is None and app.middleware.telemetry_error_listeners == []
 

@@ -24,6 +24,7 @@ from .hooks import Hooks
 from .instrumentation import instrument
 from .job_filters import job_id as parse_job_id
 from .jobs import JobInfo
+from .logs.failures import FailureLogMiddleware
 from .management import ManagesJobs
 from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
 from .queue_state import QueueState
@@ -58,6 +59,7 @@ class Soniq(ManagesJobs):
             self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
         self.registry = JobRegistry()
         self.middleware = MiddlewareChain()
+        self.middleware.add_builtin(FailureLogMiddleware())  # failures show with no telemetry on
         self.workers: list[Worker] = []
         # One bound method for the app's life: the chain's compiled enqueue side is keyed on it,
         # and handed back as is when no layer wraps enqueues (the fast path below).

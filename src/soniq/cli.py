@@ -27,8 +27,28 @@ from .logs import configure_logging
 logger = logging.getLogger("soniq")
 
 
-@click.group()
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
+
+MAIN_EPILOG = """\b
+Examples:
+  soniq setup myapp.jobs:app              create or migrate the tables
+  soniq worker myapp.jobs:app -c 10       run a worker (its failures are logged)
+  soniq status                            jobs per queue and state
+  soniq jobs list --status dead_letter    jobs, with their whole ids
+  soniq schedules list                    periodic jobs and their next run
+  soniq dead-letter list                  failed jobs, with their whole ids
+  soniq dead-letter retry --all           run them again
+
+MODULE:APP is the module that defines your jobs and the name of the Soniq instance in it, as
+in `from myapp.jobs import app`. The database comes from --database-url, SONIQ_DATABASE_URL or
+the app; without any, an embedded PostgreSQL. Each command's --help shows more.
+"""
+
+
+@click.group(epilog=MAIN_EPILOG)
+@click.option(
+    "--log-level", type=LEVELS, default="INFO", show_default=True, help="Python logging level."
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -46,7 +66,14 @@ def cli(ctx: click.Context, log_level: str, log_format: str | None) -> None:
         raise click.UsageError(str(exc)) from None
 
 
-@cli.command()
+@cli.command(
+    epilog="""\b
+Examples:
+  soniq setup myapp.jobs:app
+  soniq setup --database-url postgresql://user@db.example.com/myapp
+  SONIQ_DATABASE_URL=postgresql://localhost/myapp soniq setup
+"""
+)
 @click.argument("app_path", required=False, metavar="[MODULE:APP]")
 @url_option
 def setup(app_path: str | None, database_url: str | None) -> None:
@@ -60,7 +87,18 @@ def setup(app_path: str | None, database_url: str | None) -> None:
     click.echo("Soniq schema is up to date.")
 
 
-@cli.command()
+@cli.command(
+    epilog="""\b
+Examples:
+  soniq worker myapp.jobs:app
+  soniq worker myapp.jobs:app --concurrency 20 --queues emails,default
+  soniq worker myapp.jobs:app --processes 4 --metrics-port 9108 --instrument all
+  soniq worker myapp.jobs:app --log-level WARNING --log-format json
+
+Failed attempts are logged at WARNING and moves to the dead-letter queue at ERROR (with the
+traceback) even with no --instrument; successes are logged only with --instrument logs.
+"""
+)
 @click.argument("app_path", metavar="MODULE:APP")
 @click.option("--concurrency", "-c", type=int, help="Jobs run at once per process.")
 @click.option("--queues", "-q", help="Comma-separated queues to take (default: all).")
@@ -90,6 +128,13 @@ def setup(app_path: str | None, database_url: str | None) -> None:
     default=None,
     help="Log format (overrides the one given before the command).",
 )
+@click.option(
+    "--log-level",
+    type=LEVELS,
+    default=None,
+    help="Python logging level, e.g. WARNING to show only failures (default: INFO, or the "
+    "level given before the command).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -103,11 +148,13 @@ def worker(
     grace_period: float | None,
     instrument: Sequence[str],
     log_format: str | None,
+    log_level: str | None,
 ) -> None:
-    """Run a worker for the app at MODULE:APP."""
-    if log_format is not None:
-        ctx.obj["log_format"] = log_format
-        configure_logging(log_format, ctx.obj["log_level"])
+    """Run a worker for the app at MODULE:APP (e.g. myapp.jobs:app)."""
+    if log_format is not None or log_level is not None:
+        ctx.obj["log_format"] = log_format or ctx.obj["log_format"]
+        ctx.obj["log_level"] = (log_level or ctx.obj["log_level"]).upper()
+        configure_logging(ctx.obj["log_format"], ctx.obj["log_level"])
     if concurrency is not None and concurrency < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
     if processes > 1:
@@ -257,7 +304,13 @@ def _strip_processes(argv: list[str]) -> list[str]:
     return out
 
 
-@cli.command()
+@cli.command(
+    epilog="""\b
+Examples:
+  soniq status --app myapp.jobs:app
+  soniq status --database-url postgresql://localhost/myapp --json
+"""
+)
 @app_option
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -286,15 +339,33 @@ def status(app_path: str | None, database_url: str | None, as_json: bool) -> Non
         )
 
 
-@cli.group("dead-letter")
+@cli.group(
+    "dead-letter",
+    epilog="""\b
+Examples:
+  soniq dead-letter list --app myapp.jobs:app
+  soniq dead-letter retry 0193c2a4-5e1f-7a2b-9c3d-4e5f60718293
+  soniq dead-letter retry --all
+""",
+)
 def dead_letter() -> None:
     """Inspect and retry jobs in the dead-letter queue."""
 
 
-@dead_letter.command("list")
+@dead_letter.command(
+    "list",
+    epilog="""\b
+Examples:
+  soniq dead-letter list --app myapp.jobs:app
+  soniq dead-letter list --limit 20
+
+Each job's line starts with its whole id, to give to `soniq dead-letter retry`; its attempts'
+errors follow, indented.
+""",
+)
 @app_option
 @url_option
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=int, default=100, show_default=True, help="Most jobs to list.")
 def dead_letter_list(app_path: str | None, database_url: str | None, limit: int) -> None:
     """List dead-lettered jobs, newest first."""
 
@@ -319,7 +390,14 @@ def dead_letter_list(app_path: str | None, database_url: str | None, limit: int)
             )
 
 
-@dead_letter.command("retry")
+@dead_letter.command(
+    "retry",
+    epilog="""\b
+Examples:
+  soniq dead-letter retry 0193c2a4-5e1f-7a2b-9c3d-4e5f60718293
+  soniq dead-letter retry --all --app myapp.jobs:app
+""",
+)
 @app_option
 @url_option
 @click.argument("ids", nargs=-1)

@@ -23,7 +23,15 @@ from .management import ManagesJobs
 ASK_FROM = 5
 
 
-@click.group("jobs")
+@click.group(
+    "jobs",
+    epilog="""\b
+Examples:
+  soniq jobs list --status dead_letter --app myapp.jobs:app
+  soniq jobs show 0193c2a4-5e1f-7a2b-9c3d-4e5f60718293
+  soniq jobs retry --status dead_letter --name myapp.jobs.send_email --dry-run
+""",
+)
 def jobs() -> None:
     """List, inspect, retry, cancel and delete jobs."""
 
@@ -39,7 +47,15 @@ def _one_line(text: str | None, width: int) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-@jobs.command("list")
+@jobs.command(
+    "list",
+    epilog="""\b
+Examples:
+  soniq jobs list --app myapp.jobs:app
+  soniq jobs list --queue emails --status queued,processing --limit 20
+  soniq jobs list --status dead_letter --json
+""",
+)
 @app_option
 @url_option
 @click.option("--queue", help="Only this queue.")
@@ -85,7 +101,14 @@ def list_command(
         )
 
 
-@jobs.command("show")
+@jobs.command(
+    "show",
+    epilog="""\b
+Examples:
+  soniq jobs show 0193c2a4-5e1f-7a2b-9c3d-4e5f60718293
+  soniq jobs show 0193c2a4-5e1f-7a2b-9c3d-4e5f60718293 --json
+""",
+)
 @app_option
 @url_option
 @click.argument("job", metavar="ID")
@@ -134,6 +157,12 @@ def _action_command(action: str, past: str, applies: str) -> click.Command:
         action,
         help=f"{action.capitalize()} jobs by id, or every job matching the filters "
         f"({applies}). 5 or more jobs: asks first; without a terminal, only with --yes.",
+        epilog=f"""\b
+Examples:
+  soniq jobs {action} 0193c2a4-5e1f-7a2b-9c3d-4e5f60718293
+  soniq jobs {action} --queue emails --name myapp.jobs.send_email --dry-run
+  soniq jobs {action} --status {"queued" if action == "cancel" else "dead_letter"} --yes
+""",
     )
     @app_option
     @url_option

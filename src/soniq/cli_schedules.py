@@ -16,7 +16,15 @@ import click
 from .cli_common import _app_from, _run, app_option, url_option
 
 
-@click.group("schedules")
+@click.group(
+    "schedules",
+    epilog="""\b
+Examples:
+  soniq schedules list --database-url postgresql://localhost/myapp
+  soniq schedules pause nightly-report
+  soniq schedules trigger nightly-report --app myapp.jobs:app
+""",
+)
 def schedules() -> None:
     """Periodic jobs: list, pause, resume, trigger, remove."""
 
@@ -25,7 +33,14 @@ def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value is not None else "-"
 
 
-@schedules.command("list")
+@schedules.command(
+    "list",
+    epilog="""\b
+Examples:
+  soniq schedules list --app myapp.jobs:app
+  soniq schedules list --json
+""",
+)
 @app_option
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -57,7 +72,15 @@ def schedules_list(app_path: str | None, database_url: str | None, as_json: bool
 
 
 def _operation(verb: str, past: str, help_text: str) -> None:
-    @schedules.command(verb, help=help_text)
+    @schedules.command(
+        verb,
+        help=help_text,
+        epilog=f"""\b
+Examples:
+  soniq schedules {verb} nightly-report
+  soniq schedules {verb} nightly-report --database-url postgresql://localhost/myapp
+""",
+    )
     @app_option
     @url_option
     @click.argument("name")
@@ -79,7 +102,14 @@ _operation(
 )
 
 
-@schedules.command("trigger")
+@schedules.command(
+    "trigger",
+    epilog="""\b
+Examples:
+  soniq schedules trigger nightly-report --app myapp.jobs:app
+  soniq schedules trigger nightly-report --database-url postgresql://localhost/myapp
+""",
+)
 @app_option
 @url_option
 @click.argument("name")

@@ -209,7 +209,8 @@ class Liveness:
         worker = self._worker
         recovered = await conn.recover_lost(worker.lease_seconds)
         for job in recovered:
-            logger.warning(
+            logger.log(  # a move to the dead-letter queue is an ERROR, however it happens
+                logging.ERROR if job.status is JobStatus.DEAD_LETTER else logging.WARNING,
                 "Job %s (%s) lost its worker; %s",
                 job.job_name,
                 job.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import typing
@@ -103,20 +104,60 @@ class JobSpec:
                 f"JobContext; do not pass it to enqueue"
             )
         keys = kwargs.keys()
-        fits = keys >= self._required and (self._any_keyword or keys <= self._accepted)
-        try:
-            if not fits:  # let inspect find what is wrong and say it
-                self.signature.bind(**kwargs)
-        except TypeError as exc:
-            raise JobArgumentsError(
-                f"Job {self.name!r} cannot take these arguments: {exc}. "
-                f"Its signature is {self.name}{self.signature}; pass keyword arguments that "
-                f"match it"
-            ) from None
+        if not (keys >= self._required and (self._any_keyword or keys <= self._accepted)):
+            raise JobArgumentsError(self._misfit(kwargs))
         try:
             return compact_json(kwargs)
         except NOT_JSON:
             raise JobArgumentsError(_unserialisable(self.name, kwargs)) from None
+
+    def _misfit(self, kwargs: dict[str, Any]) -> str:
+        """Every problem at once: each unexpected name (with the closest parameter it may be a
+        typo of), each missing required one, and the signature to compare with."""
+        problems = []
+        if not self._any_keyword:
+            # A typo is most likely of a parameter not given yet; else of any parameter.
+            untaken = [p for p in self.signature.parameters if p in self._accepted - kwargs.keys()]
+            for key in kwargs:
+                if key in self._accepted:
+                    continue
+                close = difflib.get_close_matches(key, untaken, n=1) or difflib.get_close_matches(
+                    key, list(self._accepted), n=1
+                )
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"unexpected keyword argument {key!r}{hint}")
+        problems += [
+            f"missing required argument {name!r}"
+            for name in self.signature.parameters
+            if name in self._required and name not in kwargs
+        ]
+        return (
+            f"Job {self.name!r} cannot take these arguments: {'; '.join(problems)}. Its "
+            f"signature is {self.func.__name__}{_readable(self.signature)}; pass keyword "
+            f"arguments that match it"
+        )
+
+
+class _Annotation:
+    """An annotation kept as text (``from __future__ import annotations``), shown unquoted."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _readable(signature: inspect.Signature) -> str:
+    """``(tag: str, n: int = 1)`` rather than ``(tag: 'str', n: 'int' = 1)``."""
+
+    def plain(annotation: Any) -> Any:
+        return _Annotation(annotation) if isinstance(annotation, str) else annotation
+
+    params = [p.replace(annotation=plain(p.annotation)) for p in signature.parameters.values()]
+    return str(
+        signature.replace(parameters=params, return_annotation=plain(signature.return_annotation))
+    )
 
 
 def _unserialisable(job_name: str, kwargs: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from soniq.instrumentation import config_from, install_layer
 
 from .context_filter import JobContextFilter, attach_context_filter, trace_ids
+from .failures import FailureLogMiddleware
 from .formatter import JsonFormatter, TextFormatter
 from .middleware import (
     JOB_DEAD_LETTER,
@@ -36,6 +37,7 @@ __all__ = [
     "JOB_STARTED",
     "WORKER_STARTED",
     "WORKER_STOPPING",
+    "FailureLogMiddleware",
     "JobContextFilter",
     "JsonFormatter",
     "LogConfig",
