@@ -210,6 +210,7 @@ MIGRATIONS: list[str] = [
         fired_at        timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (schedule_name, fire_time)
     );
+    """,
     # 6: job control (soniq.unique, soniq.control).
     # - Unique jobs: a job holds its unique_key while its status is one of unique_states and
     #   unique_until (``within``) has not passed. The key is never cleared by the hot path
