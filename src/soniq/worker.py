@@ -173,6 +173,7 @@ class Worker:
                     asyncio.create_task(self._liveness.heartbeat(), name="soniq-heartbeat"),
                     asyncio.create_task(self.schedules.run(), name="soniq-schedules"),
                 ]
+            await self._control.refresh()  # before the first claim: a paused queue stays so
             await self._loop()
         finally:
             await self._shutdown()
@@ -215,7 +216,7 @@ class Worker:
             self._refresh_chain()
             self._wake.clear()
             if self._view.stale:
-                await self._control.refresh()
+                self._control.refresh_soon()
             self._fill_slots()
             if self._view.limited:
                 await self._control.claim_limited()
@@ -548,6 +549,7 @@ class Worker:
                     self.lease_seconds,
                     extra={"event": "worker.jobs_held", "worker_id": self.id},
                 )
+        await self._control.close()
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -52,7 +52,6 @@ class ControlView:
         return bool(self.controls)
 
     def update(self, controls: list[QueueControl]) -> None:
-        self.stale = False
         served = [c for c in controls if self.queues is None or c.name in self.queues]
         self.controls = {c.name: c for c in served}
         self._excluded = frozenset(self.controls)
@@ -87,6 +86,7 @@ class JobControl:
         self.view = ControlView(worker.queues)
         # Cancel requests for jobs waiting to start (claimed ahead, start not yet written).
         self._cancel_early: set[str] = set()
+        self._refreshing: asyncio.Task[None] | None = None
 
     # -- cancel ----------------------------------------------------------------------------
     def on_notify(self, payload: object) -> None:
@@ -164,10 +164,33 @@ class JobControl:
 
     # -- queue controls --------------------------------------------------------------------
     async def refresh(self) -> None:
-        # On failure the last view stays, still stale: the next wake tries again.
-        with contextlib.suppress(*_CONTROL_ERRORS):
-            self.view.update(await self.worker.app._store.control.queue_controls())
+        # Cleared first: a NOTIFY that arrives while this reads marks the view stale again.
+        self.view.stale = False
+        try:
+            controls = await self.worker.app._store.control.queue_controls()
+        except _CONTROL_ERRORS:
+            self.view.stale = True  # the last view stays; the next wake tries again
+            return
+        self.view.update(controls)
         self._release_buffered()
+
+    def refresh_soon(self) -> None:
+        """Read the controls again in the background: the loop never waits on it (during an
+        outage its own round trip meets the error and says so), and a claim sent meanwhile
+        still leaves every controlled queue out once the view knows of any."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh_and_wake())
+
+    async def _refresh_and_wake(self) -> None:
+        await self.refresh()
+        self.worker._wake.set()
+
+    async def close(self) -> None:
+        task, self._refreshing = self._refreshing, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     def _release_buffered(self) -> None:
         """Jobs claimed ahead from a queue just paused or limited go back unstarted (the
