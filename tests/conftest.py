@@ -47,7 +47,8 @@ async def clean_db(database_url: str) -> str:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
-            "TRUNCATE soniq_jobs, soniq_workers, soniq_schedules, soniq_schedule_fires"
+            "TRUNCATE soniq_jobs, soniq_workers, soniq_schedules, soniq_schedule_fires, "
+            "soniq_queues"
         )
     finally:
         await conn.close()

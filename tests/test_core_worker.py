@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from soniq import Backoff, JobTimeout, Soniq
+from soniq import Backoff, CancelResult, JobTimeout, Soniq
 from soniq.testing import Clock, Outcomes, drain
 from tests.support.waiting import running_worker, wait_status, wait_until
 
@@ -138,8 +138,8 @@ async def test_cancel_queued_job(app: Soniq) -> None:
         ran.append(1)
 
     job_id = await app.enqueue(job)
-    assert await app.cancel_job(job_id) is True
-    assert await app.cancel_job(job_id) is False  # already cancelled
+    assert await app.cancel_job(job_id) == CancelResult.CANCELLED
+    assert await app.cancel_job(job_id) == CancelResult.ALREADY_FINISHED
     await app.run_worker(run_once=True, install_signal_handlers=False)
     assert ran == []
     row = await app.get_job(job_id)

@@ -48,6 +48,9 @@ FAMILIES = {
     "soniq_schedule_fires": ("counter", ("schedule", "result")),
     "soniq_schedule_last_fire_timestamp_seconds": ("gauge", ("schedule",)),
     "soniq_schedule_next_fire_timestamp_seconds": ("gauge", ("schedule",)),
+    "soniq_jobs_deduplicated": ("counter", ("queue", "job_name")),
+    "soniq_queue_paused": ("gauge", ("queue",)),
+    "soniq_queue_concurrency_limit": ("gauge", ("queue",)),
 }
 
 

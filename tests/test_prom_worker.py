@@ -280,6 +280,8 @@ async def test_prometheus_server_scrapes_a_worker_and_answers_queries(
                             "outcome=dead_letter": 1.0,
                             "outcome=done": 4.0,
                             "outcome=retry": 1.0,
+                            "outcome=snoozed": 0.0,
+                            "outcome=cancelled": 0.0,
                         }
                         return got if got == want else None
 

@@ -3,9 +3,11 @@
 from .app import Soniq
 from .backoff import Backoff
 from .context import AttemptContext, JobContext, current_attempt
+from .control import CancelResult, QueueControl, Snooze
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
+    DuplicateJob,
     JobArgumentsError,
     JobCancelled,
     JobFailed,
@@ -28,6 +30,7 @@ from .middleware import (
 from .queue_state import QueueCount, QueueState
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
+from .unique import EnqueueResult, Unique
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -36,10 +39,13 @@ __all__ = [
     "AttemptContext",
     "Backoff",
     "CallNext",
+    "CancelResult",
     "ConfigurationError",
     "DatabaseUnavailable",
+    "DuplicateJob",
     "EnqueueContext",
     "EnqueueNext",
+    "EnqueueResult",
     "FleetRole",
     "FunctionMiddleware",
     "JobArgumentsError",
@@ -56,12 +62,15 @@ __all__ = [
     "MiddlewareChain",
     "Outcome",
     "PendingJob",
+    "QueueControl",
     "QueueCount",
     "QueueState",
     "SchemaError",
     "Settings",
+    "Snooze",
     "Soniq",
     "SoniqError",
+    "Unique",
     "UnknownJobError",
     "Worker",
     "__version__",

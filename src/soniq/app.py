@@ -6,6 +6,7 @@ It stays thin: SQL lives in :mod:`soniq.sql` behind :class:`soniq.store.Store`, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -17,6 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from .backoff import Backoff, as_backoff
+from .control import (
+    QueueControl,
+    check_limit,
+    check_max_snoozes,
+    check_queue_name,
+    check_rate,
+)
 from .database import resolve_url
 from .errors import ConfigurationError, JobArgumentsError
 from .fleet_role import FleetRole
@@ -31,6 +39,7 @@ from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
+from .unique import EnqueueResult, Unique, as_unique, key_for
 
 if TYPE_CHECKING:
     from .middleware import Connection
@@ -126,9 +135,18 @@ class Soniq(ManagesJobs):
         timeout: float | None = None,
         retry_backoff: Backoff | float | None = None,
         trace_parent: TraceParent | None = None,
+        unique: bool | Unique | None = None,
+        max_snoozes: int | None = None,
     ) -> Callable[[F], F]:
-        """Register a job: ``@app.job()`` or ``@app.job(queue="emails", max_retries=5)``."""
+        """Register a job: ``@app.job()`` or ``@app.job(queue="emails", max_retries=5)``.
+
+        ``unique``: True, or :class:`soniq.Unique`, to dedupe enqueues (docs/job-control.md);
+        ``max_snoozes``: how often the job may return :class:`soniq.Snooze` before it is
+        dead-lettered (None: no limit).
+        """
         backoff = as_backoff(retry_backoff)
+        unique_rule = as_unique(unique)
+        snooze_limit = check_max_snoozes(max_snoozes)
 
         def decorate(func: F) -> F:
             spec = make_spec(
@@ -141,6 +159,8 @@ class Soniq(ManagesJobs):
                 backoff=backoff,
                 trace_parent=trace_parent,
             )
+            if unique_rule is not None or snooze_limit is not None:
+                spec = dataclasses.replace(spec, unique=unique_rule, max_snoozes=snooze_limit)
             self.registry.add(spec)
             return func
 
@@ -247,17 +267,48 @@ class Soniq(ManagesJobs):
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
         connection: Connection | None = None,
+        dedup_key: str | None = None,
         **kwargs: Any,
     ) -> str:
-        """Write one job; returns its id. With ``connection=``, inside the caller's transaction."""
+        """Write one job; returns its id. With ``connection=``, inside the caller's transaction.
+
+        A unique job (``@app.job(unique=...)``, or ``dedup_key=`` for this call) that meets an
+        existing one returns the existing job's id; ``enqueue_result`` says whether it did.
+        """
         spec = self._spec_of(job)
         pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
+        if spec.unique is not None or dedup_key is not None:
+            pending.unique = key_for(spec.name, spec.unique or _UNIQUE, kwargs, dedup_key)
         call = self.middleware.enqueue_call(self._writer)
-        if call is self._write_call:  # no enqueue middleware, the database writer: no context
+        # No enqueue middleware and the database writer: no context to build (unique jobs take
+        # the writer's own path, through the context).
+        if call is self._write_call and pending.unique is None:
             await self._store.insert((pending,), connection)
         else:
             await call(EnqueueContext([pending], batch=False, connection=connection))
         return pending.id
+
+    async def enqueue_result(
+        self,
+        job: str | Callable[..., Any],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: Connection | None = None,
+        dedup_key: str | None = None,
+        **kwargs: Any,
+    ) -> EnqueueResult:
+        """As ``enqueue``, returning an :class:`EnqueueResult`: the id, and whether the job was
+        deduplicated (the id is then the existing job's) or replaced the existing job's
+        arguments and due time (``on_conflict="replace"``)."""
+        spec = self._spec_of(job)
+        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
+        if spec.unique is not None or dedup_key is not None:
+            pending.unique = key_for(spec.name, spec.unique or _UNIQUE, kwargs, dedup_key)
+        call = self.middleware.enqueue_call(self._writer)
+        await call(EnqueueContext([pending], batch=False, connection=connection))
+        return EnqueueResult(pending.id, pending.deduplicated, pending.replaced)
 
     async def enqueue_many(
         self,
@@ -281,9 +332,13 @@ class Soniq(ManagesJobs):
                     f"enqueue_many({spec.name!r}, ...): item {i} is {type(kwargs).__name__}, "
                     f"expected a dict of keyword arguments"
                 )
-            args_json = spec.bind(kwargs if type(kwargs) is dict else dict(kwargs))
+            args = kwargs if type(kwargs) is dict else dict(kwargs)
+            args_json = spec.bind(args)
             job_id = new_job_id(rand[20 * i : 20 * i + 20])
-            jobs.append(PendingJob(job_id, spec, queue_, args_json, priority_, at, delay))
+            pending = PendingJob(job_id, spec, queue_, args_json, priority_, at, delay)
+            if spec.unique is not None:
+                pending.unique = key_for(spec.name, spec.unique, args, None)
+            jobs.append(pending)
         if jobs:
             call = self.middleware.enqueue_call(self._writer)
             await call(EnqueueContext(jobs, batch=True, connection=connection))
@@ -326,7 +381,10 @@ class Soniq(ManagesJobs):
         self._writer = self._write_call if write is None else write
 
     async def _write(self, ctx: EnqueueContext) -> None:
-        await self._store.insert(ctx.jobs, ctx.connection)
+        if ctx.jobs and ctx.jobs[0].unique is not None:
+            await self._store.control.insert_unique(ctx.jobs, ctx.connection)
+        else:
+            await self._store.insert(ctx.jobs, ctx.connection)
 
     # -- inspection and operations ---------------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:
@@ -342,6 +400,33 @@ class Soniq(ManagesJobs):
 
     async def retry_all_dead_letters(self) -> list[str]:
         return await self._store.retry_dead_letters(None)
+
+    # -- queue controls (stored in the database, for the whole fleet) ----------------------
+    async def pause_queue(self, name: str) -> QueueControl:
+        """Stop every worker claiming from ``name`` (within a second); running jobs finish and
+        enqueues still work."""
+        return await self._store.control.set_queue(check_queue_name(name), paused=True)
+
+    async def resume_queue(self, name: str) -> QueueControl:
+        return await self._store.control.set_queue(check_queue_name(name), paused=False)
+
+    async def set_queue_limit(self, name: str, limit: int | None) -> QueueControl:
+        """At most ``limit`` jobs of ``name`` running at once across all workers (None: no
+        limit)."""
+        return await self._store.control.set_queue(
+            check_queue_name(name), concurrency=check_limit(limit), set_concurrency=True
+        )
+
+    async def set_queue_rate(self, name: str, per_second: float | None) -> QueueControl:
+        """At most ``per_second`` jobs of ``name`` started per second across all workers, with
+        up to one second's worth at once (None: no rate limit)."""
+        return await self._store.control.set_queue(
+            check_queue_name(name), rate=check_rate(per_second), set_rate=True
+        )
+
+    async def queues(self) -> list[QueueControl]:
+        """Every queue that has (or had) a control: paused, limit, rate."""
+        return await self._store.control.list_queues()
 
     async def queue_status(self) -> list[dict[str, Any]]:
         """Per queue: counts by status and the age in seconds of the oldest ready job."""
@@ -389,6 +474,10 @@ class Soniq(ManagesJobs):
     def _worker_stopped(self, worker: Worker) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
+
+
+# The rule of an enqueue(dedup_key=...) for a job declared without one.
+_UNIQUE = Unique()
 
 
 def _placement(

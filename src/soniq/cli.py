@@ -19,7 +19,9 @@ import click
 from . import instrumentation
 from .cli_common import _app_from, _run, app_option, load_app, url_option
 from .cli_jobs import jobs
+from .cli_queues import describe, queues
 from .cli_schedules import schedules
+from .control import QueueControl
 from .errors import SoniqError
 from .jobs import JobInfo
 from .logs import configure_logging
@@ -317,25 +319,38 @@ Examples:
 def status(app_path: str | None, database_url: str | None, as_json: bool) -> None:
     """Jobs per queue and status, and the age of the oldest ready job."""
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> tuple[list[dict[str, Any]], list[QueueControl]]:
         async with _app_from(app_path, database_url) as app:
-            return await app.queue_status()
+            return await app.queue_status(), await app.queues()
 
-    rows = _run(go)
+    rows, controls = _run(go)
+    by_name = {c.name: c for c in controls if c.controlled}
     if as_json:
+        for row in rows:
+            control = by_name.get(row["queue"], QueueControl(row["queue"]))
+            row.update(paused=control.paused, concurrency=control.concurrency, rate=control.rate)
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
+    if not rows and not by_name:
         click.echo("No jobs.")
         return
     cols = ["ready", "scheduled", "processing", "done", "dead_letter", "cancelled"]
-    click.echo(f"{'queue':<20}" + "".join(f"{c:>12}" for c in cols) + f"{'oldest ready':>14}")
+    click.echo(
+        f"{'queue':<20}" + "".join(f"{c:>12}" for c in cols) + f"{'oldest ready':>14}  control"
+    )
     for row in rows:
         age = row["oldest_ready_age_s"]
+        held = by_name.pop(row["queue"], None)
         click.echo(
             f"{row['queue']:<20}"
             + "".join(f"{row[c]:>12}" for c in cols)
             + f"{(f'{age:.1f}s' if age is not None else '-'):>14}"
+            + (f"  {describe(held)}" if held else "")
+        )
+    for control in by_name.values():  # controlled queues holding no jobs
+        click.echo(
+            f"{control.name:<20}" + "".join(f"{0:>12}" for c in cols) + f"{'-':>14}"
+            f"  {describe(control)}"
         )
 
 
@@ -428,6 +443,7 @@ def dead_letter_retry(
 
 cli.add_command(jobs)
 cli.add_command(schedules)
+cli.add_command(queues)
 
 
 def main() -> None:

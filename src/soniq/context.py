@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from .control import Snooze
 from .jobs import Outcome
 
 if TYPE_CHECKING:
@@ -28,6 +29,15 @@ class JobContext:
     #: key for idempotency, e.g. "the report for 2026-03-29 09:30".
     schedule: str | None = None
     fire_time: datetime | None = None
+    snoozes: int = 0
+    _attempt: AttemptContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once ``app.cancel_job`` asked for this job to stop: a plain ``def`` job cannot
+        be interrupted, so a long one checks this and returns early (it is then recorded as
+        cancelled, whatever it returns)."""
+        return self._attempt is not None and self._attempt.cancel_requested
 
 
 @dataclass(eq=False)
@@ -35,8 +45,10 @@ class AttemptContext:
     """One attempt of one job, as it passes through the middleware chain.
 
     Middlewares read the job's identity, and after ``call_next`` returns or raises, its fate:
-    ``outcome`` is ``done``, ``retry`` (with ``retry_delay`` and ``next_attempt_at``) or
-    ``dead_letter``. ``state`` is scratch space for middlewares.
+    ``outcome`` is ``done``, ``retry`` (with ``retry_delay`` and ``next_attempt_at``),
+    ``dead_letter``, ``snoozed`` (the job returned or raised :class:`soniq.Snooze`; the delay
+    in ``retry_delay``) or ``cancelled`` (``app.cancel_job`` stopped it). ``state`` is scratch
+    space for middlewares.
     """
 
     job_id: str
@@ -62,6 +74,9 @@ class AttemptContext:
     retry_delay: float | None = None
     next_attempt_at: datetime | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    snoozes: int = 0
+    # Set when app.cancel_job asks this attempt's worker to stop the job.
+    cancel_requested: bool = False
 
     @property
     def final(self) -> bool:
@@ -79,14 +94,34 @@ class AttemptContext:
             enqueued_at=self.enqueued_at,
             schedule=self.schedule,
             fire_time=self.fire_time,
+            snoozes=self.snoozes,
+            _attempt=self,
         )
 
     def settle_success(self, result: Any) -> None:
+        if isinstance(result, Snooze):
+            self.settle_snooze(result)
+            return
         self.outcome = Outcome.DONE
         self.error = None
         self.result = result
         self.retry_delay = None
         self.next_attempt_at = None
+
+    def settle_snooze(self, snooze: Snooze) -> None:
+        """Snoozed, or dead-lettered once the job's max_snoozes is used up (the worker's
+        statement decides the same from the stored count)."""
+        self.error = None
+        self.result = snooze
+        limit = self.spec.max_snoozes
+        if limit is not None and self.snoozes + 1 > limit:
+            self.outcome = Outcome.DEAD_LETTER
+            self.retry_delay = None
+            self.next_attempt_at = None
+            return
+        self.outcome = Outcome.SNOOZED
+        self.retry_delay = snooze.seconds
+        self.next_attempt_at = datetime.now(timezone.utc) + timedelta(seconds=snooze.seconds)
 
     def settle_failure(self, error: BaseException) -> None:
         """Decide retry or dead letter, once per error, so every outer layer sees one answer."""

@@ -60,3 +60,11 @@ class JobCancelled(SoniqError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"Job {job_id} was cancelled")
+
+
+class DuplicateJob(SoniqError):
+    """A unique job with ``on_conflict="raise"`` met a job holding its key: ``existing_id``."""
+
+    def __init__(self, message: str, existing_id: str) -> None:
+        super().__init__(message)
+        self.existing_id = existing_id

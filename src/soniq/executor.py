@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .context import AttemptContext, current_attempt
+from .control import Snooze
 from .errors import JobTimeout
 
 
@@ -84,6 +85,10 @@ class JobExecutor:
                 return await asyncio.wait_for(call, spec.timeout)
             except asyncio.TimeoutError:
                 raise JobTimeout(f"Job {spec.name} timed out after {spec.timeout:g}s") from None
+        except Snooze as snooze:
+            # Raised or returned, a snooze travels out as the attempt's result: it is not a
+            # failure, so no layer's error handling (nor an on_error hook) sees it.
+            return snooze
         finally:
             ctx.duration_ms = (time.perf_counter() - started) * 1000.0
             current_attempt.reset(token)

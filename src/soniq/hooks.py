@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from .context import AttemptContext
+from .control import Snooze
 
 logger = logging.getLogger("soniq")
 
@@ -56,7 +57,7 @@ class Hooks:
                         self.on_error, "on_error", (ctx.job_name, ctx.job_id, str(exc), ctx.attempt)
                     )
                 raise
-            if self.after_job:
+            if self.after_job and not isinstance(result, Snooze):  # snoozed: not a success
                 duration_ms = ctx.duration_ms if ctx.duration_ms is not None else 0.0
                 await _run(self.after_job, "after_job", (ctx.job_name, ctx.job_id, duration_ms))
             return result

@@ -22,6 +22,7 @@ import asyncpg
 if TYPE_CHECKING:
     from .context import AttemptContext
     from .registry import JobSpec
+    from .unique import UniqueKey
 
 
 class _Text(str, enum.Enum):
@@ -49,7 +50,9 @@ class Outcome(_Text):
 
     DONE = "done"
     RETRY = "retry"  # failed; the job runs again after ``retry_delay``
-    DEAD_LETTER = "dead_letter"  # failed its last attempt
+    DEAD_LETTER = "dead_letter"  # failed its last attempt (or snoozed past max_snoozes)
+    SNOOZED = "snoozed"  # returned or raised soniq.Snooze: back later, the attempt not counted
+    CANCELLED = "cancelled"  # stopped by app.cancel_job
 
 
 def status_after(outcome: Outcome | str | None) -> JobStatus:
@@ -57,8 +60,10 @@ def status_after(outcome: Outcome | str | None) -> JobStatus:
     in its queue; an attempt that failed without a settled outcome counts as its last."""
     if outcome == Outcome.DONE:
         return JobStatus.DONE
-    if outcome == Outcome.RETRY:
+    if outcome in (Outcome.RETRY, Outcome.SNOOZED):
         return JobStatus.QUEUED
+    if outcome == Outcome.CANCELLED:
+        return JobStatus.CANCELLED
     return JobStatus.DEAD_LETTER
 
 
@@ -77,6 +82,11 @@ class PendingJob:
     #: Set when a schedule fires (or is triggered): its name and the fire time.
     schedule: str | None = None
     fire_time: datetime | None = None
+    # Unique jobs (soniq.unique): the key and rule written with the job; after the write,
+    # whether it was deduplicated (``id`` is then the existing job's) or replaced its args.
+    unique: UniqueKey | None = None
+    deduplicated: bool = False
+    replaced: bool = False
 
     @property
     def job_name(self) -> str:
@@ -114,6 +124,7 @@ class ClaimedJob(asyncpg.Record):
         suspect: bool
         schedule_name: str | None  # the schedule that fired it (soniq.schedules)
         fire_time: datetime | None
+        snoozes: int  # times the job returned soniq.Snooze
     else:
         id = property(itemgetter(0))
         job_name = property(itemgetter(1))
@@ -131,6 +142,7 @@ class ClaimedJob(asyncpg.Record):
         suspect = property(itemgetter(13))
         schedule_name = property(itemgetter(14))
         fire_time = property(itemgetter(15))
+        snoozes = property(itemgetter(16))
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "id",
@@ -149,6 +161,7 @@ class ClaimedJob(asyncpg.Record):
         "suspect",
         "schedule_name",
         "fire_time",
+        "snoozes",
     )
 
     @property

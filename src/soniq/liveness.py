@@ -55,8 +55,11 @@ class Liveness:
             try:
                 schedules = worker.schedules
                 conn = await self._db.listen(
-                    self.on_notify, None if schedules is None else schedules.changed
+                    self.on_notify,
+                    None if schedules is None else schedules.changed,
+                    worker._control.on_notify,
                 )
+                worker._view.stale = True  # controls may have changed while we were not listening
                 if interrupted:
                     logger.info(
                         "LISTEN connection restored; worker %s hears new jobs again",
@@ -195,6 +198,10 @@ class Liveness:
             await conn.register_worker()
         if recover:
             await self.recover_lost(conn)
+        # A cancel whose NOTIFY this worker missed (LISTEN down); controls read afresh.
+        for job_id in await conn.cancel_requested():
+            worker._control.cancel(job_id)
+        worker._view.stale = True
         for name in await conn.unknown_ready_names():
             if name not in self._warned_unknown:
                 self._warned_unknown.add(name)

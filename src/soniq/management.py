@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from .control import CancelResult
 from .errors import ConfigurationError, JobNotFound
 from .job_filters import (
     JobFilter,
@@ -153,9 +154,13 @@ class ManagesJobs:
         job is missing or queued or running."""
         return await self._admin.act_one("retry", parse_job_id(job_id))
 
-    async def cancel_job(self, job_id: str) -> bool:
-        """Cancel a queued job; False if it is not queued (running, finished or unknown)."""
-        return await self._admin.act_one("cancel", parse_job_id(job_id))
+    async def cancel_job(self, job_id: str) -> CancelResult:
+        """Cancel a job: a queued one at once (``CANCELLED``); a running one is stopped by its
+        worker within about a second (``CANCEL_REQUESTED``: an ``async def`` job's task is
+        cancelled, a plain ``def`` job sees ``cancel_requested``), and ends ``cancelled``.
+        ``ALREADY_FINISHED`` or ``NOT_FOUND`` otherwise. Only ``CANCELLED`` is truthy, as the
+        bool this returned before job control (docs/job-control.md)."""
+        return await self._store.control.cancel_job(parse_job_id(job_id))
 
     async def delete_job(self, job_id: str) -> bool:
         """Delete a job that is not running; False if no job was deleted."""

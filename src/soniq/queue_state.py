@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .control import QueueControl
+
 QueueStateName = Literal["ready", "scheduled", "processing", "dead_letter"]
 #: ready: due, waiting for a worker; scheduled: delayed or backing off; processing: running;
 #: dead_letter: out of attempts.
@@ -34,15 +36,27 @@ class QueueState:
     counts: tuple[QueueCount, ...]
     #: Workers whose heartbeat is fresher than the lease.
     workers_live: int
+    #: Queues with a control in force (paused, concurrency limit; see docs/job-control.md).
+    controls: tuple[QueueControl, ...] = ()
 
     @classmethod
     def from_rows(cls, rows: Iterable[Any]) -> QueueState:
         """From the rows of ``sql.QUEUE_METRICS`` (the store's side of the statement)."""
         counts = []
         workers = 0
+        paused: dict[str, bool] = {}
+        limits: dict[str, int] = {}
         for queue, state, jobs, age in rows:
             if state == "workers_live":
                 workers = int(jobs)
+            elif state == "paused":
+                paused[queue] = bool(jobs)
+            elif state == "concurrency_limit":
+                limits[queue] = int(jobs)
             else:
                 counts.append(QueueCount(queue, state, int(jobs), age))
-        return cls(tuple(counts), workers)
+        controls = tuple(
+            QueueControl(name, paused=paused.get(name, False), concurrency=limits.get(name))
+            for name in sorted(paused.keys() | limits.keys())
+        )
+        return cls(tuple(counts), workers, controls)

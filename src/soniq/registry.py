@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .backoff import Backoff
 from .context import JobContext
 from .errors import ConfigurationError, JobArgumentsError, UnknownJobError
+from .unique import Unique
 
 TraceParent = Literal["child", "link", "none"]
 
@@ -61,6 +62,8 @@ class JobSpec:
     context_param: str | None
     signature: inspect.Signature
     trace_parent: TraceParent | None = None
+    unique: Unique | None = None  # soniq.unique: dedupe rule, None for none
+    max_snoozes: int | None = None  # soniq.control.Snooze: None for no limit
     # Derived from ``signature`` once, so enqueue checks arguments with two set operations.
     _accepted: frozenset[str] = field(init=False, repr=False, compare=False)
     _required: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -94,6 +97,8 @@ class JobSpec:
             "backoff": self.backoff,
             "is_async": self.is_async,
             "trace_parent": self.trace_parent,
+            "unique": self.unique,
+            "max_snoozes": self.max_snoozes,
         }
 
     def bind(self, kwargs: dict[str, Any]) -> str:

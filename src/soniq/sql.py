@@ -7,7 +7,7 @@ statements; the rest of the code calls their methods.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # One advisory lock key for migrations, so two processes running ``soniq setup`` at once
 # serialise instead of racing on CREATE statements.
@@ -19,6 +19,9 @@ RESULTS_CHANNEL = "soniq_results"
 
 # Schedule changes (add, pause, resume, remove, a deploy's upsert); the payload is the name.
 SCHEDULES_CHANNEL = "soniq_schedules"
+# Job control (soniq.control): "cancel:<job id>" asks the worker running that job to stop it;
+# "queues" says a queue was paused, resumed or limited, so workers read soniq_queues again.
+CONTROL_CHANNEL = "soniq_control"
 
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
@@ -208,6 +211,108 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (schedule_name, fire_time)
     );
     """,
+    # 6: job control (soniq.unique, soniq.control).
+    # - Unique jobs: a job holds its unique_key while its status is one of unique_states and
+    #   unique_until (``within``) has not passed. The key is never cleared by the hot path
+    #   (claim, finish): an enqueue that meets a holder no longer covered clears it then (see
+    #   UNIQUE_CLEAR_STALE), so jobs without a key cost nothing and the index only ever holds
+    #   rows that had one.
+    # - snoozes counts Snooze results; cancel_requested_at marks a running job asked to stop.
+    # - soniq_queues: per-queue pause, fleet-wide concurrency limit and rate limit. A queue
+    #   without a row (nearly all) has no controls, and workers claim it as before.
+    """
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS unique_key text;
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS unique_states soniq_job_status[];
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS unique_until timestamptz;
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS snoozes integer NOT NULL DEFAULT 0;
+    ALTER TABLE soniq_jobs ADD COLUMN IF NOT EXISTS cancel_requested_at timestamptz;
+    CREATE UNIQUE INDEX IF NOT EXISTS soniq_jobs_unique
+        ON soniq_jobs (unique_key) WHERE unique_key IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS soniq_queues (
+        name         text PRIMARY KEY,
+        paused       boolean NOT NULL DEFAULT false,
+        concurrency  integer CHECK (concurrency >= 1),
+        rate         float8 CHECK (rate > 0),
+        tokens       float8 NOT NULL DEFAULT 0,
+        refilled_at  timestamptz NOT NULL DEFAULT now(),
+        updated_at   timestamptz NOT NULL DEFAULT now()
+    );
+
+    -- Claim up to p_want jobs of one limited queue, in one round trip. The queue's
+    -- transaction-level advisory lock serialises these claims across the fleet, and each
+    -- statement of a plpgsql function takes a fresh snapshot: the count of the queue's
+    -- processing rows below sees every claim committed before the lock was granted, so it is
+    -- exact (a single SQL statement would count in a snapshot taken before it waited).
+    -- p_finished: jobs of this worker that have returned but whose finish it has not written
+    -- yet; they run no more, so their slots are free (the worker claims before it records).
+    -- How many: what the concurrency leaves after every processing row of the queue (running
+    -- or claimed ahead, a dead worker's too until its lease is recovered), and what the rate's
+    -- token bucket (one second of burst) holds; none while paused. Rows are counted as started:
+    -- a limited queue is never claimed ahead, which would hold its slots idle.
+    CREATE OR REPLACE FUNCTION soniq_claim_limited(
+        p_worker text, p_queue text, p_names text[], p_want integer, p_finished text[])
+    RETURNS TABLE (id text, job_name text, queue text, args text, priority integer,
+                   attempt integer, max_attempts integer, created_at timestamptz,
+                   scheduled_at timestamptz, trace_context text, revived boolean,
+                   queue_wait_s float8, counted boolean, suspect boolean, schedule_name text,
+                   fire_time timestamptz, snoozes integer)
+    LANGUAGE plpgsql AS $fn$
+    #variable_conflict use_column
+    DECLARE
+        take integer;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(1347307859, hashtext(p_queue));
+        SELECT CASE WHEN q.paused THEN 0 ELSE least(
+                   p_want,
+                   coalesce(q.concurrency - (SELECT count(*) FROM soniq_jobs AS r
+                                             WHERE r.status = 'processing'
+                                               AND r.queue = p_queue
+                                               AND r.id <> ALL(p_finished::uuid[])), p_want),
+                   CASE WHEN q.rate IS NULL THEN p_want
+                        ELSE floor(least(q.rate, q.tokens + q.rate
+                                         * extract(epoch FROM now() - q.refilled_at)))::int
+                   END) END
+        INTO take FROM soniq_queues AS q WHERE q.name = p_queue;
+        IF coalesce(take, 0) <= 0 THEN
+            RETURN;
+        END IF;
+        RETURN QUERY
+        WITH picked AS (
+            SELECT s.tid, row_number() OVER () AS n FROM (
+                SELECT c.ctid AS tid FROM soniq_jobs AS c
+                WHERE c.status = 'queued' AND c.scheduled_at <= now() AND c.queue = p_queue
+                  AND c.job_name = ANY(p_names)
+                ORDER BY c.priority, c.scheduled_at, c.seq
+                LIMIT take
+                FOR UPDATE SKIP LOCKED
+            ) AS s
+        ),
+        claimed AS (
+            UPDATE soniq_jobs AS j SET
+                status = 'processing', attempts = j.attempts + 1, started_at = now(),
+                worker_id = p_worker
+            FROM picked WHERE j.ctid = picked.tid
+            RETURNING j.id::text AS id, j.job_name, j.queue, j.args::text AS args, j.priority,
+                      j.attempts AS attempt, j.max_attempts, j.created_at, j.scheduled_at,
+                      j.trace_context::text AS trace_context, j.revived_at IS NOT NULL AS revived,
+                      extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s,
+                      true AS counted, j.suspect, j.schedule_name, j.fire_time, j.snoozes,
+                      picked.n
+        ),
+        spent AS (
+            UPDATE soniq_queues AS q SET
+                tokens = least(q.rate, q.tokens
+                               + q.rate * extract(epoch FROM now() - q.refilled_at))
+                         - (SELECT count(*) FROM claimed),
+                refilled_at = now()
+            WHERE q.name = p_queue AND q.rate IS NOT NULL
+        )
+        SELECT c.id, c.job_name, c.queue, c.args, c.priority, c.attempt, c.max_attempts,
+               c.created_at, c.scheduled_at, c.trace_context, c.revived, c.queue_wait_s,
+               c.counted, c.suspect, c.schedule_name, c.fire_time, c.snoozes
+        FROM claimed AS c ORDER BY c.n;
+    END $fn$;
+    """,
 ]
 
 CREATE_VERSION_TABLE = """
@@ -303,7 +408,10 @@ FROM unnest($1::uuid[], $2::text[], $3::text[]) AS j(id, args, tc),
 _FINISH_TEMPLATE = """
 fin AS (
     UPDATE soniq_jobs AS j SET
-        status       = coalesce(f.status::soniq_job_status, j.status),
+        -- A job asked to stop (CANCEL_JOB) never goes back to the queue.
+        status       = CASE WHEN f.status = 'queued' AND j.cancel_requested_at IS NOT NULL
+                            THEN 'cancelled'
+                            ELSE coalesce(f.status::soniq_job_status, j.status) END,
         result       = f.result::jsonb,
         last_error   = coalesce(f.error, j.last_error),
         traceback    = coalesce(f.tb, j.traceback),
@@ -312,7 +420,9 @@ fin AS (
                             ELSE j.scheduled_at END,
         attempts     = f.attempts,
         started_at   = coalesce(j.started_at, now()),
-        finished_at  = CASE WHEN f.status IN ('done', 'dead_letter') THEN now() END,
+        finished_at  = CASE WHEN f.status IN ('done', 'dead_letter', 'cancelled')
+                              OR (f.status = 'queued' AND j.cancel_requested_at IS NOT NULL)
+                            THEN now() END,
         worker_id    = CASE WHEN f.status IS NULL THEN j.worker_id END,
         suspect      = f.status IS NULL AND j.suspect,
         trace_context = coalesce(f.tc::jsonb, j.trace_context),
@@ -320,7 +430,9 @@ fin AS (
         -- leaves it alone, so a success costs one CASE.
         errors       = CASE WHEN f.error IS NULL THEN j.errors ELSE {errors_append} END,
         -- Only a job someone awaits tells of its end (get_result(wait=...)).
-        awaited      = CASE WHEN j.awaited AND f.status IN ('done', 'dead_letter')
+        awaited      = CASE WHEN j.awaited AND (f.status IN ('done', 'dead_letter', 'cancelled')
+                                                 OR (f.status = 'queued'
+                                                     AND j.cancel_requested_at IS NOT NULL))
                             THEN (SELECT false FROM pg_notify('{results}', j.id::text))
                             ELSE j.awaited END
     FROM (
@@ -376,7 +488,7 @@ _CLAIMED_COLUMNS = """
     j.attempts + (NOT picked.counted)::int AS attempt, j.max_attempts, j.created_at,
     j.scheduled_at, j.trace_context::text AS trace_context, j.revived_at IS NOT NULL AS revived,
     extract(epoch FROM now() - j.scheduled_at)::float8 AS queue_wait_s,
-    picked.counted, j.suspect, picked.n, j.schedule_name, j.fire_time
+    picked.counted, j.suspect, picked.n, j.schedule_name, j.fire_time, j.snoozes
 """
 
 # What the worker reads of each claimed row (n only orders them).
@@ -384,7 +496,7 @@ _CLAIMED_OUT = """
     claimed.id, claimed.job_name, claimed.queue, claimed.args, claimed.priority,
     claimed.attempt, claimed.max_attempts, claimed.created_at, claimed.scheduled_at,
     claimed.trace_context, claimed.revived, claimed.queue_wait_s, claimed.counted,
-    claimed.suspect, claimed.schedule_name, claimed.fire_time"""
+    claimed.suspect, claimed.schedule_name, claimed.fire_time, claimed.snoozes"""
 
 
 def finish_and_claim(queue_filter: str, with_due: bool = False) -> str:
@@ -516,7 +628,8 @@ told AS (
     FROM lost JOIN soniq_jobs AS j ON j.id = lost.id
 )
 UPDATE soniq_jobs AS j SET
-    status      = (CASE WHEN told.exhausted THEN 'dead_letter'
+    status      = (CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                        WHEN told.exhausted THEN 'dead_letter'
                         ELSE 'queued' END)::soniq_job_status,
     attempts    = j.attempts + told.charged::int,
     last_error  = told.error,
@@ -525,7 +638,7 @@ UPDATE soniq_jobs AS j SET
     awaited     = CASE WHEN j.awaited AND told.exhausted
                        THEN (SELECT false FROM pg_notify('{RESULTS_CHANNEL}', j.id::text))
                        ELSE j.awaited END,
-    finished_at = CASE WHEN told.exhausted THEN now() END,
+    finished_at = CASE WHEN told.exhausted OR j.cancel_requested_at IS NOT NULL THEN now() END,
     worker_id   = NULL,
     suspect     = j.suspect OR told.unreported
 FROM told WHERE j.id = told.id
@@ -539,9 +652,11 @@ DELETE FROM soniq_workers WHERE heartbeat_at < now() - make_interval(secs => $1)
 # After an outage the worker may have lost a claim response in flight; anything it holds but
 # is not running goes back without using up an attempt (only a recorded start counted one).
 RELEASE_UNTRACKED = """
-UPDATE soniq_jobs SET status = 'queued',
+UPDATE soniq_jobs SET status = (CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                      ELSE 'queued' END)::soniq_job_status,
                       attempts = attempts - (started_at IS NOT NULL AND finished_at IS NULL)::int,
-                      worker_id = NULL, started_at = NULL, finished_at = NULL
+                      worker_id = NULL, started_at = NULL,
+                      finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now() END
 WHERE worker_id = $1 AND status = 'processing' AND id <> ALL($2::uuid[])
 """
 
@@ -644,6 +759,12 @@ WHERE status = 'dead_letter' GROUP BY queue
 UNION ALL
 SELECT NULL, 'workers_live', count(*), NULL FROM soniq_workers
 WHERE heartbeat_at > now() - make_interval(secs => $1)
+UNION ALL
+SELECT name, 'paused', paused::int, NULL FROM soniq_queues
+WHERE paused OR concurrency IS NOT NULL OR rate IS NOT NULL
+UNION ALL
+SELECT name, 'concurrency_limit', concurrency, NULL FROM soniq_queues
+WHERE concurrency IS NOT NULL
 """
 
 # The one process of a fleet that reports queue state holds this session advisory lock, so
@@ -844,3 +965,166 @@ FROM (SELECT pg_notify('{SCHEDULES_CHANNEL}', '*')) AS wake
 """
 
 TIME_SHIFTS.append(SHIFT_SCHEDULE_TIMES)
+# Job control (soniq.unique, soniq.control). Nothing here runs on the plain enqueue or claim
+# path: unique jobs take these statements instead of INSERT_JOB*, and only workers that know
+# of a paused or limited queue claim with the controlled variants.
+
+# Unique jobs, all in one unnest form (single enqueues too: unique jobs are not the fast path).
+# A conflict with a holder leaves the row out of RETURNING; the store then reads the holders
+# (UNIQUE_HOLDERS), clears the stale ones (UNIQUE_CLEAR_STALE) and tries again. The statement
+# waits for a holder inserted by a transaction still open, so concurrent producers and
+# transactional enqueues (and their rollbacks) are decided by the index.
+INSERT_UNIQUE_JOBS = f"""
+INSERT INTO soniq_jobs (id, job_name, queue, args, priority, max_attempts, scheduled_at,
+                        trace_context, unique_key, unique_states, unique_until)
+SELECT j.id, j.job_name, j.queue, j.args::jsonb, j.priority, j.max_attempts,
+       coalesce(j.at, now() + make_interval(secs => j.delay)), j.tc::jsonb, j.ukey,
+       j.states::soniq_job_status[], now() + make_interval(secs => j.within)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+            $7::timestamptz[], $8::float8[], $9::text[], $10::text[], $11::text[],
+            $12::float8[])
+     AS j(id, job_name, queue, args, priority, max_attempts, at, delay, tc, ukey, states,
+          within),
+     (SELECT pg_notify('{NOTIFY_CHANNEL}', string_agg(DISTINCT q, ','))
+      FROM unnest($3::text[]) AS q) AS wake
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id::text
+"""
+
+# A holder is stale once its status is not one its key covers, or its ``within`` has passed.
+_UNIQUE_STALE = "(status <> ALL(unique_states) OR unique_until <= now()) IS TRUE"
+
+UNIQUE_HOLDERS = f"""
+SELECT unique_key, id::text AS id, status::text AS status, {_UNIQUE_STALE} AS stale
+FROM soniq_jobs WHERE unique_key = ANY($1::text[])
+"""
+
+# Re-checked under the row lock: a holder that became live again meanwhile keeps its key.
+UNIQUE_CLEAR_STALE = f"""
+UPDATE soniq_jobs SET unique_key = NULL
+WHERE unique_key = ANY($1::text[]) AND {_UNIQUE_STALE}
+"""
+
+# on_conflict="replace": the queued holder takes the new arguments and due time (debounce).
+UNIQUE_REPLACE = f"""
+UPDATE soniq_jobs AS s SET
+    args = r.args::jsonb,
+    scheduled_at = coalesce(r.at, now() + make_interval(secs => r.delay)),
+    unique_until = now() + make_interval(secs => r.within)
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::float8[])
+     AS r(ukey, args, at, delay, within),
+     (SELECT pg_notify('{NOTIFY_CHANNEL}', $6)) AS wake
+WHERE s.unique_key = r.ukey AND s.status = 'queued'
+  AND NOT (s.status <> ALL(s.unique_states) OR s.unique_until <= now()) IS TRUE
+RETURNING s.unique_key, s.id::text
+"""
+
+# Cancel: a queued job at once; a running one is marked and its worker told (NOTIFY on the
+# control channel; the mark also reaches a worker that missed it, at its next beat, and keeps
+# the job from ever running again: finish, lease recovery and shutdown turn it to cancelled).
+CANCEL_JOB = f"""
+WITH target AS (SELECT id, status FROM soniq_jobs WHERE id = $1 FOR UPDATE),
+queued AS (
+    UPDATE soniq_jobs AS j SET status = 'cancelled', finished_at = now()
+    FROM target WHERE j.id = target.id AND target.status = 'queued'
+    RETURNING j.id, j.awaited
+),
+told AS (SELECT pg_notify('{RESULTS_CHANNEL}', id::text) FROM queued WHERE awaited),
+running AS (
+    UPDATE soniq_jobs AS j SET cancel_requested_at = coalesce(j.cancel_requested_at, now())
+    FROM target WHERE j.id = target.id AND target.status = 'processing'
+    RETURNING pg_notify('{CONTROL_CHANNEL}', 'cancel:' || j.id::text)
+)
+SELECT target.status::text AS status,
+       (SELECT count(*) FROM queued) + (SELECT count(*) FROM running) AS changed,
+       (SELECT count(*) FROM told) AS told
+FROM target
+"""
+
+# A worker's running jobs that were asked to stop (for a worker whose LISTEN missed it).
+CANCEL_REQUESTED = """
+SELECT id::text FROM soniq_jobs
+WHERE worker_id = $1 AND status = 'processing' AND cancel_requested_at IS NOT NULL
+"""
+
+# Snooze: the running attempt is refunded and the job goes back, due after $3 seconds, with
+# one more snooze counted; past max_snoozes ($4) it is dead-lettered instead. Fenced as the
+# finish is. $5 is the attempt number; its count becomes $5 - 1 (the attempt did not count).
+SNOOZE_JOB = f"""
+UPDATE soniq_jobs SET
+    status = (CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                   WHEN snoozes + 1 > $4 THEN 'dead_letter'
+                   ELSE 'queued' END)::soniq_job_status,
+    snoozes = snoozes + 1,
+    attempts = CASE WHEN snoozes + 1 > $4 THEN $5 ELSE $5 - 1 END,
+    scheduled_at = CASE WHEN snoozes + 1 > $4 THEN scheduled_at
+                        ELSE now() + make_interval(secs => $3) END,
+    started_at = coalesce(started_at, now()),
+    finished_at = CASE WHEN cancel_requested_at IS NOT NULL OR snoozes + 1 > $4 THEN now() END,
+    last_error = CASE WHEN cancel_requested_at IS NULL AND snoozes + 1 > $4
+                      THEN format('Snoozed %s times, more than max_snoozes (%s)%s',
+                                  snoozes + 1, $4, coalesce(': ' || $6, ''))
+                      ELSE last_error END,
+    worker_id = NULL,
+    suspect = false,
+    -- A job someone awaits (get_result(wait=...)) tells of its end if this was it.
+    awaited = CASE WHEN awaited AND (cancel_requested_at IS NOT NULL OR snoozes + 1 > $4)
+                   THEN (SELECT false FROM pg_notify('{RESULTS_CHANNEL}', id::text))
+                   ELSE awaited END
+WHERE id = $1 AND status = 'processing' AND worker_id = $2
+RETURNING status::text, snoozes, pg_notify('{NOTIFY_CHANNEL}', queue)
+"""
+
+# -- queues: pause, resume, limits ------------------------------------------------------------
+
+# Queues with a control in force; what workers keep in view and refresh on NOTIFY.
+QUEUE_CONTROLS = """
+SELECT name, paused, concurrency, rate FROM soniq_queues
+WHERE paused OR concurrency IS NOT NULL OR rate IS NOT NULL ORDER BY name
+"""
+
+LIST_QUEUES = """
+SELECT name, paused, concurrency, rate, updated_at FROM soniq_queues ORDER BY name
+"""
+
+# $2 paused, $3 concurrency, $4 rate; $5/$6/$7 say which of them to set (the others are kept).
+# Tells every worker (control channel) and wakes the queue (a resumed queue's jobs run now).
+SET_QUEUE_CONTROL = f"""
+WITH up AS (
+    INSERT INTO soniq_queues AS q (name, paused, concurrency, rate)
+    VALUES ($1, coalesce($2, false), $3, $4)
+    ON CONFLICT (name) DO UPDATE SET
+        paused = CASE WHEN $5 THEN excluded.paused ELSE q.paused END,
+        concurrency = CASE WHEN $6 THEN excluded.concurrency ELSE q.concurrency END,
+        rate = CASE WHEN $7 THEN excluded.rate ELSE q.rate END,
+        updated_at = now()
+    RETURNING q.name, q.paused, q.concurrency, q.rate, q.updated_at
+)
+SELECT up.*, pg_notify('{CONTROL_CHANNEL}', 'queues'), pg_notify('{NOTIFY_CHANNEL}', up.name)
+FROM up
+"""
+
+# Claim from one limited queue (see soniq_claim_limited in migration 5): worker, queue, runnable
+# job names, most to claim, the worker's finished jobs not yet written.
+CLAIM_LIMITED = "SELECT * FROM soniq_claim_limited($1, $2, $3, $4, $5)"
+
+
+# The controlled claim: as finish_and_claim, leaving out every paused or limited queue (read in
+# the statement itself, once: an InitPlan), so a stale view in the worker cannot claim them.
+QUEUE_FILTER_UNCONTROLLED = """
+              AND queue <> ALL(ARRAY(SELECT name FROM soniq_queues
+                                     WHERE paused OR concurrency IS NOT NULL
+                                        OR rate IS NOT NULL))"""
+
+
+# The testing clock (TIME_SHIFTS above) moves the times job control stores too: a unique key's
+# ``within``, a cancel request's time, and a rate limit's token bucket.
+TIME_SHIFTS.append(
+    """
+UPDATE soniq_jobs SET
+    unique_until        = unique_until - make_interval(secs => $1),
+    cancel_requested_at = cancel_requested_at - make_interval(secs => $1)
+WHERE unique_until IS NOT NULL OR cancel_requested_at IS NOT NULL
+"""
+)
+TIME_SHIFTS.append("UPDATE soniq_queues SET refilled_at = refilled_at - make_interval(secs => $1)")

@@ -25,6 +25,7 @@ from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
 
 if TYPE_CHECKING:
+    from .control_store import ControlStore
     from .middleware import Connection
 
 logger = logging.getLogger("soniq")
@@ -92,6 +93,7 @@ class Store:
         self._solo_since = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._solo_statements: dict[str, asyncpg.prepared_stmt.PreparedStatement[Any]] = {}
+        self._control: ControlStore | None = None
 
     async def resolve(self) -> str:
         """The URL, starting an embedded server first if that is where it comes from."""
@@ -383,6 +385,15 @@ class Store:
         if self._solo is not None:
             self._solo.terminate()
             self._solo = None
+
+    @property
+    def control(self) -> ControlStore:
+        """Job control's statements (unique jobs, snooze, cancel, queue controls)."""
+        if self._control is None:
+            from .control_store import ControlStore
+
+            self._control = ControlStore(self)
+        return self._control
 
     # -- inspection ------------------------------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:

@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from .claim_ahead import ClaimAhead
 from .context import AttemptContext
+from .control import Snooze
 from .errors import ConfigurationError
 from .executor import JobExecutor
-from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, StartedAttempt
+from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, Outcome, StartedAttempt
 from .liveness import MAX_BACKOFF, Liveness
 from .middleware import CallNext, Middleware
 from .registry import compact_json
 from .signals import StopOnSignal
 from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
+from .worker_control import JobControl
 from .worker_store import WorkerStore
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ logger = logging.getLogger("soniq")
 
 _DONE = JobStatus.DONE
 _QUEUED = JobStatus.QUEUED
+_CANCELLED = JobStatus.CANCELLED
+_SNOOZE_OUTCOMES = (Outcome.SNOOZED, Outcome.DEAD_LETTER)  # dead letter: past max_snoozes
 
 
 class Worker:
@@ -81,6 +85,11 @@ class Worker:
         self._db = WorkerStore(app._store, self.id, queues, concurrency)
         self._executor = JobExecutor(settings.thread_pool_size or concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._contexts: dict[str, AttemptContext] = {}  # of the running jobs
+        # Job control: cancel requests, snoozes, and the queue controls (pause, limits) as
+        # last read (none: the worker claims as if job control did not exist).
+        self._control = JobControl(self)
+        self._view = self._db.control_view = self._control.view
         self._finished: list[FinishedAttempt] = []
         # Claimed ahead, not started (job, loop time of the claim); oldest first.
         self._buffer: deque[tuple[ClaimedJob, float]] = deque()
@@ -164,6 +173,7 @@ class Worker:
                     asyncio.create_task(self._liveness.heartbeat(), name="soniq-heartbeat"),
                     asyncio.create_task(self.schedules.run(), name="soniq-schedules"),
                 ]
+            await self._control.refresh()  # before the first claim: a paused queue stays so
             await self._loop()
         finally:
             await self._shutdown()
@@ -205,7 +215,11 @@ class Worker:
         while not self._stopping:
             self._refresh_chain()
             self._wake.clear()
+            if self._view.stale:
+                self._control.refresh_soon()
             self._fill_slots()
+            if self._view.limited:
+                await self._control.claim_limited()
             free = self.concurrency - len(self._running) - len(self._prestart)
             ahead = self._ahead.ahead() - len(self._buffer)
             want = free + max(0, ahead) if self._maybe_more else 0
@@ -327,9 +341,12 @@ class Worker:
     def _idle_timeout(self, now: float) -> float:
         """How long an idle worker waits: until the next delayed job comes due, at most the
         poll interval (NOTIFY wakes it sooner)."""
+        poll = self.poll_interval
+        if self._view.poll_cap is not None:
+            poll = min(poll, self._view.poll_cap)
         if self._due_at is None:
-            return self.poll_interval
-        return min(self.poll_interval, max(0.0, self._due_at - now))
+            return poll
+        return min(poll, max(0.0, self._due_at - now))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -390,14 +407,22 @@ class Worker:
             revived=job.revived,
             schedule=job.schedule_name,
             fire_time=job.fire_time,
+            snoozes=job.snoozes,
         )
+        if self._control.cancelled_early(job_id):
+            self._record(FinishedAttempt(job_id, _CANCELLED, refund=1, attempt=job.attempt))
+            return
+        self._contexts[job_id] = ctx
         self._running[job_id] = asyncio.create_task(self._attempt(ctx), name=f"soniq-{job_id}")
 
     async def _attempt(self, ctx: AttemptContext) -> None:
         try:
             result = await self._call(ctx)
         except asyncio.CancelledError:
-            # Only shutdown cancels attempts: the job goes back without using up an attempt.
+            if ctx.cancel_requested:  # app.cancel_job: it ends cancelled, never to run again
+                self._record(FinishedAttempt(ctx.job_id, _CANCELLED, attempt=ctx.attempt))
+                return
+            # Otherwise shutdown cancelled it: the job goes back without using up an attempt.
             if ctx.job_id in self._executor.busy_threads:
                 self._held.add(ctx.job_id)  # its thread runs on; see _flush_final
             else:
@@ -414,14 +439,26 @@ class Worker:
                 except asyncio.CancelledError:
                     self._held.add(ctx.job_id)  # shutdown meanwhile: see _flush_final
                     raise
-            self._record(FinishedAttempt.failed(ctx, exc))
+            if ctx.cancel_requested:
+                self._record(FinishedAttempt(ctx.job_id, _CANCELLED, attempt=ctx.attempt))
+            else:
+                self._record(FinishedAttempt.failed(ctx, exc))
         else:
-            self._record(
-                FinishedAttempt(
-                    ctx.job_id, _DONE, result=self._encode_result(ctx, result), attempt=ctx.attempt
+            if isinstance(ctx.result, Snooze) and ctx.outcome in _SNOOZE_OUTCOMES:
+                await self._control.snooze(ctx, ctx.result)
+            elif ctx.cancel_requested:
+                self._record(FinishedAttempt(ctx.job_id, _CANCELLED, attempt=ctx.attempt))
+            else:
+                self._record(
+                    FinishedAttempt(
+                        ctx.job_id,
+                        _DONE,
+                        result=self._encode_result(ctx, result),
+                        attempt=ctx.attempt,
+                    )
                 )
-            )
         finally:
+            self._contexts.pop(ctx.job_id, None)
             self._running.pop(ctx.job_id, None)
             self._wake.set()
             self._fill_slots()
@@ -512,6 +549,7 @@ class Worker:
                     self.lease_seconds,
                     extra={"event": "worker.jobs_held", "worker_id": self.id},
                 )
+        await self._control.close()
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from .store import Store
+    from .worker_control import ControlView
 
 _DUE_COLUMN = len(ClaimedJob.FIELDS)  # with_due: after the claimed job's columns
 _DONE = JobStatus.DONE
@@ -51,6 +52,9 @@ class WorkerStore:
         )
         self._claim_sql = sql.finish_and_claim(queue_filter)
         self._claim_due_sql = sql.finish_and_claim(queue_filter, with_due=True)
+        # Job control (soniq.worker_control): once a queue is paused or limited, the claim
+        # leaves it out; until then (None or an empty view) the statements above, unchanged.
+        self.control_view: ControlView | None = None
 
     @property
     def command_timeout(self) -> float:
@@ -76,8 +80,13 @@ class WorkerStore:
         # Starts are records with no status (the job only started) and nothing else to write.
         blank: list[None] = [None] * len(starts)
         pool = await self._store.claim_pool()
+        view = self.control_view
+        if view is not None and view.active:
+            claim, queues = view.claim_sql(with_due), view.claim_queues()
+        else:
+            claim, queues = self._claim_due_sql if with_due else self._claim_sql, self.queues
         rows = await pool.fetch(
-            self._claim_due_sql if with_due else self._claim_sql,
+            claim,
             self.worker_id,
             [f.id for f in other] + [s.id for s in starts],
             [f.status for f in other] + blank,
@@ -88,7 +97,7 @@ class WorkerStore:
             [f.attempt - f.refund for f in other] + [s.attempt for s in starts],
             max(0, want),
             self.known_names,
-            self.queues,
+            queues,
             [f.trace_context for f in other] + blank,
             max(0, free),
             ",".join([f.id for f in done]),
@@ -150,9 +159,11 @@ class WorkerStore:
         self,
         on_notify: Callable[[object], None],
         on_schedules: Callable[[], None] | None = None,
+        on_control: Callable[[object], None] | None = None,
     ) -> ListenConnection:
         """A dedicated connection listening for new jobs; ``on_notify`` gets each payload.
-        ``on_schedules`` is called when a schedule changes (soniq.schedules)."""
+        ``on_schedules`` is called when a schedule changes (soniq.schedules); ``on_control``
+        gets each payload of the job-control channel (cancel requests, queue controls)."""
         conn = await self._store.connect()
         try:
             listening = ListenConnection(conn, self._store.connect_timeout)
@@ -161,6 +172,11 @@ class WorkerStore:
             )
             if on_schedules is not None:
                 await conn.add_listener(sql.SCHEDULES_CHANNEL, lambda *_: on_schedules())
+            if on_control is not None:
+                await conn.add_listener(
+                    sql.CONTROL_CHANNEL,
+                    lambda _conn, _pid, _channel, payload: on_control(payload),
+                )
         except BaseException:
             conn.terminate()
             raise
@@ -233,5 +249,13 @@ class LivenessConnection:
             self._store.queues,
             self._store.known_names,
             timeout=self._store.command_timeout,
+        )
+        return [r[0] for r in rows]
+
+    async def cancel_requested(self) -> list[str]:
+        """This worker's running jobs that app.cancel_job asked to stop (for a worker whose
+        LISTEN missed the NOTIFY)."""
+        rows = await self._conn.fetch(
+            sql.CANCEL_REQUESTED, self._store.worker_id, timeout=self._store.command_timeout
         )
         return [r[0] for r in rows]

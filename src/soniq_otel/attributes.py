@@ -37,6 +37,12 @@ JOB_ARGS_PREFIX: Final = "soniq.job.args."
 # On the `send` span of a schedule's fire (or trigger): which schedule, for which fire time.
 SCHEDULE_NAME: Final = "soniq.schedule.name"
 SCHEDULE_FIRE_TIME: Final = "soniq.schedule.fire_time"
+# Job control (docs/job-control.md): on a send span, the enqueue met an existing unique job.
+JOB_DEDUPLICATED: Final = "soniq.job.deduplicated"
+JOB_REPLACED: Final = "soniq.job.replaced"
+JOB_DEDUPLICATED_COUNT: Final = "soniq.job.deduplicated_count"
+JOB_SNOOZE_DELAY: Final = "soniq.job.snooze_seconds"
+JOB_SNOOZE_REASON: Final = "soniq.job.snooze_reason"
 
 # On links: which relation a link stands for.
 LINK_TYPE: Final = "soniq.link.type"
@@ -45,6 +51,8 @@ LINK_PREVIOUS_ATTEMPT: Final = "previous_attempt"
 
 EVENT_DEAD_LETTER: Final = "soniq.job.dead_letter"
 EVENT_INTERRUPTED: Final = "soniq.job.interrupted"
+EVENT_SNOOZED: Final = "soniq.job.snoozed"
+EVENT_CANCELLED: Final = "soniq.job.cancelled"
 
 # error.type for a job that ran past its timeout (as HTTP client spans use "timeout").
 TIMEOUT_ERROR_TYPE: Final = "timeout"

@@ -23,6 +23,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 import soniq
+from soniq.control import Snooze
 from soniq.errors import JobTimeout
 from soniq.middleware import CallNext, EnqueueContext, EnqueueNext, Middleware
 
@@ -176,6 +177,8 @@ class TracingMiddleware(Middleware):
         token = otel_context.attach(active)
         try:
             await call_next(ctx)
+            if span.is_recording() and first.unique is not None:
+                _mark_deduplicated(span, ctx)
         except Exception as exc:
             if span.is_recording():
                 span.set_attribute(A.ERROR_TYPE, _error_type(exc))
@@ -280,6 +283,12 @@ class TracingMiddleware(Middleware):
         interrupted: bool,
     ) -> None:
         try:
+            if interrupted and ctx.outcome == "cancelled":
+                # app.cancel_job stopped it: it ends cancelled, not as a failure.
+                if span.is_recording():
+                    span.set_attribute(A.JOB_OUTCOME, "cancelled")
+                    span.add_event(A.EVENT_CANCELLED)
+                return
             if interrupted:
                 # Cancelled by a worker shutdown: the job goes back and the attempt does not
                 # count, so it is neither a success nor a failure.
@@ -290,6 +299,8 @@ class TracingMiddleware(Middleware):
             if error is None:
                 if span.is_recording():
                     span.set_attribute(A.JOB_OUTCOME, ctx.outcome or "done")
+                    if isinstance(ctx.result, Snooze):
+                        _mark_snoozed(span, ctx, ctx.result)
                 return
             if ctx.outcome is None or ctx.error is not error:
                 ctx.settle_failure(error)  # as the worker would; it then keeps this decision
@@ -336,6 +347,29 @@ class TracingMiddleware(Middleware):
         for name, value in args.items():
             if self._record_all_args or name in self._record_arg_names:
                 attrs[A.JOB_ARGS_PREFIX + name] = _attribute_value(value)
+
+
+def _mark_deduplicated(span: trace.Span, ctx: EnqueueContext) -> None:
+    jobs = ctx.jobs
+    if ctx.batch:
+        span.set_attribute(A.JOB_DEDUPLICATED_COUNT, sum(j.deduplicated for j in jobs))
+        return
+    job = jobs[0]
+    span.set_attribute(A.JOB_DEDUPLICATED, job.deduplicated)
+    if job.deduplicated:
+        span.set_attribute(A.MESSAGING_MESSAGE_ID, job.id)  # the existing job's
+        span.set_attribute(A.JOB_REPLACED, job.replaced)
+
+
+def _mark_snoozed(span: trace.Span, ctx: AttemptContext, snooze: Snooze) -> None:
+    """A snooze is not an error: the span stays OK and says when the job runs again."""
+    attrs: dict[str, AttributeValue] = {A.JOB_SNOOZE_DELAY: snooze.seconds}
+    if snooze.reason:
+        attrs[A.JOB_SNOOZE_REASON] = snooze.reason
+    if ctx.outcome == "dead_letter":  # past max_snoozes
+        span.add_event(A.EVENT_DEAD_LETTER, attrs)
+    else:
+        span.add_event(A.EVENT_SNOOZED, attrs)
 
 
 def _attribute_value(value: Any) -> AttributeValue:

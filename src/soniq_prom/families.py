@@ -30,17 +30,23 @@ from prometheus_client.utils import floatToGoString
 
 from .config import PrometheusConfig
 
-OUTCOMES = ("done", "retry", "dead_letter")
+OUTCOMES = ("done", "retry", "dead_letter", "snoozed", "cancelled")
 JOB_LABELS = ("queue", "job_name")
 
 ENQUEUED = (
     "soniq_jobs_enqueued",
     "Jobs this process wrote to the queue (counted once the write returned).",
 )
+DEDUPLICATED = (
+    "soniq_jobs_deduplicated",
+    "Enqueues of unique jobs that met an existing job (its id returned, or its arguments "
+    "replaced); not counted in soniq_jobs_enqueued.",
+)
 ATTEMPTS = (
     "soniq_job_attempts",
-    "Job attempts finished, by outcome: done, retry (failed, will run again) or dead_letter "
-    "(failed for the last time).",
+    "Job attempts finished, by outcome: done, retry (failed, will run again), dead_letter "
+    "(failed for the last time, or snoozed past max_snoozes), snoozed (back later, the attempt "
+    "not counted) or cancelled (stopped by cancel_job).",
 )
 DURATION = ("soniq_job_duration_seconds", "Seconds the job function ran, per attempt.")
 QUEUE_WAIT = (
@@ -62,6 +68,8 @@ class Series(Protocol):
         """``outcome`` None: the attempt was cut short by shutdown and is not counted."""
 
     def enqueued(self, n: int) -> None: ...
+
+    def deduplicated(self, n: int) -> None: ...
 
 
 class Backend(Protocol):
@@ -100,6 +108,7 @@ class LocalSeries:
         "_bounds",
         "_lock",
         "_wait_bounds",
+        "deduplicated_total",
         "duration",
         "enqueued_total",
         "in_progress",
@@ -116,6 +125,7 @@ class LocalSeries:
         self._bounds = families.duration_bounds
         self._wait_bounds = families.wait_bounds
         self.enqueued_total = 0
+        self.deduplicated_total = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.in_progress = 0
         self.duration = _Histogram(len(self._bounds) + 1)
@@ -148,6 +158,10 @@ class LocalSeries:
     def enqueued(self, n: int) -> None:
         with self._lock:
             self.enqueued_total += n
+
+    def deduplicated(self, n: int) -> None:
+        with self._lock:
+            self.deduplicated_total += n
 
 
 class LocalFamilies:
@@ -188,6 +202,7 @@ class LocalFamilies:
                     s.queue,
                     s.job_name,
                     s.enqueued_total,
+                    s.deduplicated_total,
                     dict(s.outcomes),
                     s.in_progress,
                     _copy(s.duration),
@@ -200,24 +215,27 @@ class LocalFamilies:
 
     def _families(
         self,
-        snapshot: list[tuple[str, str, int, dict[str, int], int, _Histogram, _Histogram]],
+        snapshot: list[tuple[str, str, int, int, dict[str, int], int, _Histogram, _Histogram]],
         capacity: int,
         telemetry_errors: int,
     ) -> Iterator[Metric]:
         enqueued = CounterMetricFamily(*ENQUEUED, labels=JOB_LABELS)
+        deduplicated = CounterMetricFamily(*DEDUPLICATED, labels=JOB_LABELS)
         attempts = CounterMetricFamily(*ATTEMPTS, labels=(*JOB_LABELS, "outcome"))
         duration = HistogramMetricFamily(*DURATION, labels=JOB_LABELS, unit="seconds")
         wait = HistogramMetricFamily(*QUEUE_WAIT, labels=JOB_LABELS, unit="seconds")
         in_progress = GaugeMetricFamily(*IN_PROGRESS, labels=JOB_LABELS)
-        for queue, job_name, n_enqueued, outcomes, running, took, waited in snapshot:
+        for queue, job_name, n_enqueued, n_dedup, outcomes, running, took, waited in snapshot:
             labels = (queue, job_name)
             enqueued.add_metric(labels, n_enqueued)
+            if n_dedup:  # only pairs that have unique jobs carry the series
+                deduplicated.add_metric(labels, n_dedup)
             for outcome, n in outcomes.items():
                 attempts.add_metric((*labels, outcome), n)
             duration.add_metric(labels, _buckets(self._duration_les, took), took.total)
             wait.add_metric(labels, _buckets(self._wait_les, waited), waited.total)
             in_progress.add_metric(labels, running)
-        yield from (enqueued, attempts, duration, wait, in_progress)
+        yield from (enqueued, deduplicated, attempts, duration, wait, in_progress)
         yield GaugeMetricFamily(*CAPACITY, value=capacity)
         yield CounterMetricFamily(*TELEMETRY_ERRORS, value=telemetry_errors)
 
@@ -255,6 +273,7 @@ class ClientFamilies:
 
     def __init__(self, registry: CollectorRegistry, config: PrometheusConfig) -> None:
         self.enqueued = Counter(*ENQUEUED, JOB_LABELS, registry=registry)
+        self.deduplicated = Counter(*DEDUPLICATED, JOB_LABELS, registry=registry)
         self.attempts = Counter(*ATTEMPTS, (*JOB_LABELS, "outcome"), registry=registry)
         self.duration = Histogram(
             *DURATION,
@@ -278,6 +297,7 @@ class ClientFamilies:
         self.telemetry_errors = Counter(*TELEMETRY_ERRORS, registry=registry)
         self.collectors = (
             self.enqueued,
+            self.deduplicated,
             self.attempts,
             self.duration,
             self.queue_wait,
@@ -300,10 +320,19 @@ class ClientSeries:
     """The labelled children of one pair, looked up once: by labels on every attempt they
     would cost more than the observations."""
 
-    __slots__ = ("_attempts", "_duration", "_enqueued", "_in_progress", "_queue_wait")
+    __slots__ = (
+        "_attempts",
+        "_duration",
+        "_enqueued",
+        "_families",
+        "_in_progress",
+        "_labels",
+        "_queue_wait",
+    )
 
     def __init__(self, families: ClientFamilies, queue: str, job_name: str) -> None:
         self._enqueued = families.enqueued.labels(queue, job_name)
+        self._families, self._labels = families, (queue, job_name)
         self._attempts = {
             outcome: families.attempts.labels(queue, job_name, outcome) for outcome in OUTCOMES
         }
@@ -323,6 +352,10 @@ class ClientSeries:
 
     def enqueued(self, n: int) -> None:
         self._enqueued.inc(n)
+
+    def deduplicated(self, n: int) -> None:
+        # Looked up when first needed: pairs without unique jobs carry no such series.
+        self._families.deduplicated.labels(*self._labels).inc(n)
 
 
 # -- bounded labels ---------------------------------------------------------------------------

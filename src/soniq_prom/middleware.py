@@ -107,14 +107,24 @@ class PrometheusMetrics(Middleware):
         jobs = ctx.jobs
         if len(jobs) == 1:
             job = jobs[0]
-            self.series.get(job.queue, job.job_name).enqueued(1)
+            series = self.series.get(job.queue, job.job_name)
+            if job.deduplicated:
+                series.deduplicated(1)
+            else:
+                series.enqueued(1)
             return
         counts: dict[tuple[str, str], int] = {}
+        dedup: dict[tuple[str, str], int] = {}
         for job in jobs:
             key = (job.queue, job.job_name)
-            counts[key] = counts.get(key, 0) + 1
+            if job.deduplicated:
+                dedup[key] = dedup.get(key, 0) + 1
+            else:
+                counts[key] = counts.get(key, 0) + 1
         for (queue, name), n in counts.items():
             self.series.get(queue, name).enqueued(n)
+        for (queue, name), n in dedup.items():
+            self.series.get(queue, name).deduplicated(n)
 
     # -- worker lifecycle ----------------------------------------------------------------
     async def startup(self, worker: Worker) -> None:

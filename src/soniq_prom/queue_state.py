@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -40,6 +40,14 @@ _AGE_HELP = (
     "Seconds the oldest ready job of the queue has been due without being claimed "
     "(0 when none is ready). Reported by one process of the fleet."
 )
+_PAUSED_HELP = (
+    "1 while the queue is paused (soniq queues pause), else 0; only queues that have controls. "
+    "Reported by one process of the fleet."
+)
+_LIMIT_HELP = (
+    "The queue's fleet-wide concurrency limit (soniq queues limit), for limited queues. "
+    "Reported by one process of the fleet."
+)
 _WORKERS_HELP = (
     "Workers whose heartbeat is fresher than the lease. Reported by one process of the fleet."
 )
@@ -53,6 +61,8 @@ class QueueSnapshot:
     taken_at: float
     # ``app.scheduler.state()``, read in the same refresh.
     schedules: tuple[ScheduleState, ...] = ()
+    paused: dict[str, int] = field(default_factory=dict)
+    concurrency_limit: dict[str, int] = field(default_factory=dict)
 
 
 def build_snapshot(
@@ -81,7 +91,12 @@ def build_snapshot(
         for name, n in counts[queue].items():
             jobs[(label, name)] = jobs.get((label, name), 0) + n
         oldest[label] = max(oldest.get(label, 0.0), ages.get(queue, 0.0))
-    return QueueSnapshot(jobs, oldest, state.workers_live, taken_at)
+    # Queue controls: one series per controlled queue, never capped (there are few).
+    paused = {c.name: int(c.paused) for c in state.controls}
+    limits = {c.name: c.concurrency for c in state.controls if c.concurrency is not None}
+    return QueueSnapshot(
+        jobs, oldest, state.workers_live, taken_at, paused=paused, concurrency_limit=limits
+    )
 
 
 class QueueStateCollector:
@@ -135,7 +150,13 @@ class QueueStateCollector:
             "soniq_queue_oldest_ready_age_seconds", _AGE_HELP, labels=("queue",), unit="seconds"
         )
         workers = GaugeMetricFamily("soniq_workers_live", _WORKERS_HELP)
+        paused = GaugeMetricFamily("soniq_queue_paused", _PAUSED_HELP, labels=("queue",))
+        limit = GaugeMetricFamily("soniq_queue_concurrency_limit", _LIMIT_HELP, labels=("queue",))
         if snapshot is not None:
+            for queue, flag in sorted(snapshot.paused.items()):
+                paused.add_metric((queue,), flag)
+            for queue, n in sorted(snapshot.concurrency_limit.items()):
+                limit.add_metric((queue,), n)
             for (queue, state), n in sorted(snapshot.jobs.items()):
                 jobs.add_metric((queue, state), n)
             for queue, seconds in sorted(snapshot.oldest_ready_age.items()):
@@ -145,6 +166,8 @@ class QueueStateCollector:
         yield age
         yield workers
         yield from schedule_families(None if snapshot is None else snapshot.schedules)
+        yield paused
+        yield limit
 
     # -- refreshing ----------------------------------------------------------------------
     @property

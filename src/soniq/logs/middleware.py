@@ -10,6 +10,7 @@ says little that the end line (with ``queue_wait_ms`` and ``duration_ms``) does 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from ..context import AttemptContext
+from ..control import Snooze
 from ..jobs import Outcome
 from ..middleware import CallNext, Middleware
 from .context_filter import attach_context_filter, attempt_in_chain
@@ -29,6 +31,9 @@ JOB_STARTED = "job.started"
 JOB_DONE = "job.done"
 JOB_RETRY = "job.retry"
 JOB_DEAD_LETTER = "job.dead_letter"
+JOB_SNOOZED = "job.snoozed"
+JOB_CANCELLED = "job.cancelled"
+_CONTROL_EVENTS = {Outcome.SNOOZED: JOB_SNOOZED, Outcome.CANCELLED: JOB_CANCELLED}
 # The worker logs these two itself (soniq.worker), whether or not this layer is installed.
 WORKER_STARTED = "worker.started"
 WORKER_STOPPING = "worker.stopping"
@@ -38,6 +43,8 @@ MESSAGES = {
     JOB_DONE: "Job done",
     JOB_RETRY: "Job failed; will retry",
     JOB_DEAD_LETTER: "Job failed; moved to the dead-letter queue",
+    JOB_SNOOZED: "Job snoozed; runs again later",
+    JOB_CANCELLED: "Job cancelled",
 }
 
 
@@ -87,13 +94,35 @@ class LogMiddleware(Middleware):
         except Exception as exc:
             self._failed(ctx, exc, _job_fields(ctx))
             raise
+        except asyncio.CancelledError:
+            if ctx.outcome == Outcome.CANCELLED and log.isEnabledFor(logging.INFO):
+                record = {
+                    "event": JOB_CANCELLED,
+                    **_job_fields(ctx),
+                    **_timing(ctx),
+                    "outcome": Outcome.CANCELLED,
+                }
+                _emit(log, logging.INFO, MESSAGES[JOB_CANCELLED], record)
+            raise
         finally:
             attempt_in_chain.reset(token)
-        if log.isEnabledFor(logging.INFO):
+        snooze = ctx.result if isinstance(ctx.result, Snooze) else None
+        if snooze is not None and ctx.outcome == Outcome.DEAD_LETTER:  # past max_snoozes
+            record = {
+                "event": JOB_DEAD_LETTER,
+                **_job_fields(ctx),
+                **_timing(ctx),
+                "outcome": Outcome.DEAD_LETTER,
+                "error": f"snoozed more than max_snoozes ({ctx.spec.max_snoozes})",
+            }
+            self.logger.error(MESSAGES[JOB_DEAD_LETTER], extra=record)
+        elif log.isEnabledFor(logging.INFO):
+            outcome = ctx.outcome or Outcome.DONE
+            event = JOB_DONE if outcome == Outcome.DONE else _CONTROL_EVENTS.get(outcome, JOB_DONE)
             # Built in one go, in the order of the JSON line; the tracing layer's span is
             # still current here, so its ids are the attempt's.
             done: dict[str, Any] = {
-                "event": JOB_DONE,
+                "event": event,
                 "job_id": ctx.job_id,
                 "job_name": ctx.job_name,
                 "queue": ctx.queue,
@@ -108,10 +137,14 @@ class LogMiddleware(Middleware):
                 done["span_id"] = format(span.span_id, "016x")
             if ctx.duration_ms is not None:
                 done["duration_ms"] = round(ctx.duration_ms, 3)
-            done["outcome"] = ctx.outcome or "done"
+            done["outcome"] = outcome
+            if snooze is not None:
+                done["snooze_seconds"] = snooze.seconds
+                if snooze.reason:
+                    done["snooze_reason"] = snooze.reason
             if self.config.log_args:
                 done["job_args"] = ctx.args
-            _emit(log, logging.INFO, MESSAGES[JOB_DONE], done)
+            _emit(log, logging.INFO, MESSAGES[event], done)
         return result
 
     def _failed(self, ctx: AttemptContext, exc: Exception, fields: dict[str, Any]) -> None:

@@ -1,0 +1,145 @@
+"""``soniq queues``: pause, resume and limit queues for the whole fleet (stored in PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from .app import Soniq
+from .control import QueueControl
+from .errors import SoniqError
+
+T = TypeVar("T")
+
+_app_option = click.option(
+    "--app", "app_path", metavar="MODULE:APP", help="Soniq app to use (for its database URL)."
+)
+_url_option = click.option(
+    "--database-url",
+    envvar="SONIQ_DATABASE_URL",
+    help="PostgreSQL URL (default: SONIQ_DATABASE_URL, else the embedded server).",
+)
+
+
+def _with_app(
+    app_path: str | None, database_url: str | None, use: Callable[[Soniq], Awaitable[T]]
+) -> T:
+    from .cli_common import _app_from  # the main CLI's app loading
+
+    async def go() -> T:
+        async with _app_from(app_path, database_url) as app:
+            return await use(app)
+
+    try:
+        return asyncio.run(go())
+    except SoniqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def describe(control: QueueControl) -> str:
+    parts = ["paused" if control.paused else "running"]
+    if control.concurrency is not None:
+        parts.append(f"limit {control.concurrency}")
+    if control.rate is not None:
+        parts.append(f"rate {control.rate:g}/s")
+    return ", ".join(parts)
+
+
+def _limit(value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a whole number; give N (1 or more) or 'none'"
+        ) from None
+
+
+def _rate(value: str) -> float | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a number; give jobs per second or 'none'"
+        ) from None
+
+
+@click.group("queues")
+def queues() -> None:
+    """Pause, resume and limit queues across every worker."""
+
+
+@queues.command("list")
+@_app_option
+@_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def queues_list(app_path: str | None, database_url: str | None, as_json: bool) -> None:
+    """Queues with controls: paused, concurrency limit, rate limit."""
+    rows = _with_app(app_path, database_url, lambda app: app.queues())
+    if as_json:
+        click.echo(json.dumps([_as_dict(r) for r in rows], indent=2))
+    elif not rows:
+        click.echo("No queue has controls.")
+    for row in [] if as_json else rows:
+        click.echo(f"{row.name:<20}{describe(row)}")
+
+
+@queues.command("pause")
+@_app_option
+@_url_option
+@click.argument("name")
+def queues_pause(app_path: str | None, database_url: str | None, name: str) -> None:
+    """Stop claiming jobs of NAME (running jobs finish; enqueues still work)."""
+    done = _with_app(app_path, database_url, lambda app: app.pause_queue(name))
+    click.echo(f"{done.name}: {describe(done)}")
+
+
+@queues.command("resume")
+@_app_option
+@_url_option
+@click.argument("name")
+def queues_resume(app_path: str | None, database_url: str | None, name: str) -> None:
+    """Claim jobs of NAME again."""
+    done = _with_app(app_path, database_url, lambda app: app.resume_queue(name))
+    click.echo(f"{done.name}: {describe(done)}")
+
+
+@queues.command("limit")
+@_app_option
+@_url_option
+@click.argument("name")
+@click.argument("limit", metavar="N|none")
+def queues_limit(app_path: str | None, database_url: str | None, name: str, limit: str) -> None:
+    """At most N jobs of NAME running at once across all workers ('none' removes it)."""
+    n = _limit(limit)
+    done = _with_app(app_path, database_url, lambda app: app.set_queue_limit(name, n))
+    click.echo(f"{done.name}: {describe(done)}")
+
+
+@queues.command("rate")
+@_app_option
+@_url_option
+@click.argument("name")
+@click.argument("rate", metavar="PER_SECOND|none")
+def queues_rate(app_path: str | None, database_url: str | None, name: str, rate: str) -> None:
+    """At most PER_SECOND jobs of NAME started per second across all workers."""
+    r = _rate(rate)
+    done = _with_app(app_path, database_url, lambda app: app.set_queue_rate(name, r))
+    click.echo(f"{done.name}: {describe(done)}")
+
+
+def _as_dict(control: QueueControl) -> dict[str, Any]:
+    return {
+        "name": control.name,
+        "paused": control.paused,
+        "concurrency": control.concurrency,
+        "rate": control.rate,
+        "updated_at": control.updated_at.isoformat() if control.updated_at else None,
+    }
