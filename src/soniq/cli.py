@@ -40,6 +40,8 @@ Examples:
   soniq schedules list                    periodic jobs and their next run
   soniq dead-letter list                  failed jobs, with their whole ids
   soniq dead-letter retry --all           run them again
+  soniq queues pause emails               stop claiming from a queue, fleet-wide
+  soniq dashboard myapp.jobs:app          the web dashboard (pip install 'soniq[dashboard]')
 
 MODULE:APP is the module that defines your jobs and the name of the Soniq instance in it, as
 in `from myapp.jobs import app`. The database comes from --database-url, SONIQ_DATABASE_URL or

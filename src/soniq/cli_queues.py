@@ -71,12 +71,27 @@ def _rate(value: str) -> float | None:
         ) from None
 
 
-@click.group("queues")
+@click.group(
+    "queues",
+    epilog="""\b
+Examples:
+  soniq queues list
+  soniq queues pause emails
+  soniq queues limit emails 5
+  soniq queues rate emails 20
+""",
+)
 def queues() -> None:
     """Pause, resume and limit queues across every worker."""
 
 
-@queues.command("list")
+@queues.command(
+    "list",
+    epilog="""\b
+Examples:
+  soniq queues list --json
+""",
+)
 @_app_option
 @_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -91,7 +106,13 @@ def queues_list(app_path: str | None, database_url: str | None, as_json: bool) -
         click.echo(f"{row.name:<20}{describe(row)}")
 
 
-@queues.command("pause")
+@queues.command(
+    "pause",
+    epilog="""\b
+Examples:
+  soniq queues pause emails --app myapp.jobs:app
+""",
+)
 @_app_option
 @_url_option
 @click.argument("name")
@@ -101,7 +122,13 @@ def queues_pause(app_path: str | None, database_url: str | None, name: str) -> N
     click.echo(f"{done.name}: {describe(done)}")
 
 
-@queues.command("resume")
+@queues.command(
+    "resume",
+    epilog="""\b
+Examples:
+  soniq queues resume emails
+""",
+)
 @_app_option
 @_url_option
 @click.argument("name")
@@ -111,7 +138,14 @@ def queues_resume(app_path: str | None, database_url: str | None, name: str) -> 
     click.echo(f"{done.name}: {describe(done)}")
 
 
-@queues.command("limit")
+@queues.command(
+    "limit",
+    epilog="""\b
+Examples:
+  soniq queues limit emails 5
+  soniq queues limit emails none
+""",
+)
 @_app_option
 @_url_option
 @click.argument("name")
@@ -123,7 +157,14 @@ def queues_limit(app_path: str | None, database_url: str | None, name: str, limi
     click.echo(f"{done.name}: {describe(done)}")
 
 
-@queues.command("rate")
+@queues.command(
+    "rate",
+    epilog="""\b
+Examples:
+  soniq queues rate emails 20
+  soniq queues rate emails none
+""",
+)
 @_app_option
 @_url_option
 @click.argument("name")
