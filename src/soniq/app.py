@@ -40,6 +40,7 @@ from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
 from .unique import EnqueueResult, Unique, as_unique, key_for
+from .sync_enqueue import SyncEnqueuer, refuse_in_event_loop
 
 if TYPE_CHECKING:
     from .middleware import Connection
@@ -76,6 +77,9 @@ class Soniq(ManagesJobs):
         # What the enqueue side ends in: the database writer, or one soniq.testing sets.
         self._writer: EnqueueNext = self._write_call
         self._scheduler: Scheduler | None = None
+        self._sync = SyncEnqueuer(
+            self._store, self.middleware, max_size=max(self.settings.pool_max_size, 1)
+        )
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -104,7 +108,12 @@ class Soniq(ManagesJobs):
         for worker in list(self.workers):
             worker.stop()
         await self._close_management()
+        self._sync.close()
         await self._store.close()
+
+    def close_sync(self) -> None:
+        """Close the connections ``enqueue_sync`` opened (``close()`` does too)."""
+        self._sync.close()
 
     def configure(self, **settings: Any) -> None:
         """Change settings after construction (the CLI's flags override the app's)."""
@@ -321,6 +330,59 @@ class Soniq(ManagesJobs):
         connection: Connection | None = None,
     ) -> list[str]:
         """Write a batch of one job in one statement; returns the ids in order."""
+        jobs = self._pending_many(job, kwargs_list, queue, priority, scheduled_at)
+        if jobs:
+            call = self.middleware.enqueue_call(self._writer)
+            await call(EnqueueContext(jobs, batch=True, connection=connection))
+        return [j.id for j in jobs]
+
+    def enqueue_sync(
+        self,
+        job: str | Callable[..., Any],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: Any = None,
+        **kwargs: Any,
+    ) -> str:
+        """:meth:`enqueue` for code without an event loop (a Django or Flask view, a script):
+        the same checks, middlewares and result, blocking until the row is written. Safe from
+        any number of threads. ``connection=``: a psycopg, psycopg2, SQLAlchemy ``Session`` or
+        Django connection, whose transaction the row joins (:mod:`soniq.connections`)."""
+        refuse_in_event_loop("enqueue")
+        spec = self._spec_of(job)
+        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
+        if spec.unique is not None:
+            pending.unique = key_for(spec.name, spec.unique, kwargs, None)
+        self._sync.enqueue([pending], False, connection, self._test_writer())
+        return pending.id
+
+    def enqueue_many_sync(
+        self,
+        job: str | Callable[..., Any],
+        kwargs_list: Iterable[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: Any = None,
+    ) -> list[str]:
+        """:meth:`enqueue_many` for code without an event loop (see :meth:`enqueue_sync`)."""
+        refuse_in_event_loop("enqueue_many")
+        jobs = self._pending_many(job, kwargs_list, queue, priority, scheduled_at)
+        if jobs:
+            self._sync.enqueue(jobs, True, connection, self._test_writer())
+        return [j.id for j in jobs]
+
+    def _pending_many(
+        self,
+        job: str | Callable[..., Any],
+        kwargs_list: Iterable[Mapping[str, Any]],
+        queue: str | None,
+        priority: int | None,
+        scheduled_at: datetime | timedelta | float | None,
+    ) -> list[PendingJob]:
         spec = self._spec_of(job)
         queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         jobs = []
@@ -339,10 +401,7 @@ class Soniq(ManagesJobs):
             if spec.unique is not None:
                 pending.unique = key_for(spec.name, spec.unique, args, None)
             jobs.append(pending)
-        if jobs:
-            call = self.middleware.enqueue_call(self._writer)
-            await call(EnqueueContext(jobs, batch=True, connection=connection))
-        return [j.id for j in jobs]
+        return jobs
 
     def _spec_of(self, job: str | Callable[..., Any]) -> JobSpec:
         if isinstance(job, str):
@@ -365,6 +424,10 @@ class Soniq(ManagesJobs):
     ) -> PendingJob:
         queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         return PendingJob(new_job_id(), spec, queue_, spec.bind(kwargs), priority_, at, delay)
+
+    def _test_writer(self) -> EnqueueNext | None:
+        """The writer soniq.testing set, if any (enqueue_sync runs the chain into it)."""
+        return None if self._writer is self._write_call else self._writer
 
     @property
     def writer(self) -> EnqueueNext:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -77,6 +78,7 @@ class Store:
         command_timeout: float,
     ) -> None:
         self._resolve_url = resolve_url
+        self._resolve_lock = threading.Lock()
         self.url: str | None = None
         self.display_url = "<not connected yet>"
         self._min_size = min_size
@@ -87,6 +89,7 @@ class Store:
         self._claim_pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._pool_lock = asyncio.Lock()
         self._schema_checked = False
+        self.pgbouncer = False
         self._solo: asyncpg.Connection[Any] | None = None
         self._solo_busy = False
         self._solo_loop: asyncio.AbstractEventLoop | None = None
@@ -99,11 +102,26 @@ class Store:
         """The URL, starting an embedded server first if that is where it comes from."""
         if self.url is None:
             # Starting an embedded server blocks for about a second: keep the loop free.
-            url, source = await asyncio.to_thread(self._resolve_url)
-            self.url = url
-            self.display_url = mask_url(url)
-            logger.info("Soniq uses database %s (from %s)", self.display_url, source)
+            return await asyncio.to_thread(self.resolve_sync)
         return self.url
+
+    def resolve_sync(self) -> str:
+        """:meth:`resolve` for a thread without an event loop (``enqueue_sync``)."""
+        with self._resolve_lock:
+            if self.url is None:
+                url, source = self._resolve_url()
+                self.url = url
+                self.display_url = mask_url(url)
+                logger.info("Soniq uses database %s (from %s)", self.display_url, source)
+            return self.url
+
+    @property
+    def schema_checked(self) -> bool:
+        return self._schema_checked
+
+    def qualify(self, statement: str) -> str:
+        """``statement`` as it must run on a connection that is not Soniq's own."""
+        return statement
 
     # -- connections -----------------------------------------------------------------------
     async def pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -214,6 +232,10 @@ class Store:
             version = await self.fetchval(sql.CURRENT_VERSION)
         else:
             version = await conn.fetchval(sql.CURRENT_VERSION)
+        self.judge_version(version)
+
+    def judge_version(self, version: int | None) -> None:
+        """Raise unless ``version`` (read with ``sql.CURRENT_VERSION``) is the one needed."""
         if version is None:
             raise SchemaError(f"The Soniq tables do not exist in {self.display_url}; {SETUP_HINT}")
         if version < sql.SCHEMA_VERSION:
@@ -232,73 +254,14 @@ class Store:
     async def insert(self, jobs: Sequence[PendingJob], conn: Connection | None) -> None:
         if not self._schema_checked:
             await self.check_schema(conn)
-        query: str
-        args: tuple[Any, ...]
-        if len(jobs) == 1 and jobs[0].schedule is not None:
-            query, args = sql.INSERT_SCHEDULED_JOB, _scheduled_args(jobs[0])
-        elif len(jobs) == 1 and _ready_plain(jobs[0]):
-            j = jobs[0]
-            query = sql.INSERT_READY_JOB
-            args = (
-                j.id,
-                j.spec.name,
-                j.queue,
-                j.args_json,
-                j.priority,
-                j.spec.max_attempts,
-            )
-        elif len(jobs) == 1:
-            j = jobs[0]
-            query = sql.INSERT_JOB
-            args = (
-                j.id,
-                j.spec.name,
-                j.queue,
-                j.args_json,
-                j.priority,
-                j.spec.max_attempts,
-                j.scheduled_at,
-                j.delay_s,
-                json.dumps(j.trace_context) if j.trace_context else None,
-            )
-        elif _uniform(jobs):
-            j = jobs[0]
-            query = sql.INSERT_UNIFORM_JOBS
-            args = (
-                [j.id for j in jobs],
-                [j.args_json for j in jobs],
-                [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
-                j.spec.name,
-                j.queue,
-                j.priority,
-                j.spec.max_attempts,
-                j.scheduled_at,
-                j.delay_s,
-            )
-        else:
-            query = sql.INSERT_JOBS
-            args = (
-                [j.id for j in jobs],
-                [j.spec.name for j in jobs],
-                [j.queue for j in jobs],
-                [j.args_json for j in jobs],
-                [j.priority for j in jobs],
-                [j.spec.max_attempts for j in jobs],
-                [j.scheduled_at for j in jobs],
-                [j.delay_s for j in jobs],
-                [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
-            )
+        query, args = insert_statement(jobs)
         try:
             if conn is not None:
                 await conn.execute(query, *args)
             else:
                 await self._execute(query, args)
         except BAD_DATA_ERRORS as exc:
-            names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
-            raise JobArgumentsError(
-                f"Job {names} cannot be stored: {exc}. Strings may not contain NUL characters "
-                f"(\\x00) or unpaired surrogates, and priority is a 32-bit integer"
-            ) from None
+            raise unstorable(jobs, exc) from None
         except CONNECTION_ERRORS as exc:
             if conn is not None:
                 raise  # the caller's own connection: theirs to handle
@@ -479,6 +442,76 @@ def _scheduled_args(j: PendingJob) -> tuple[Any, ...]:
         json.dumps(j.trace_context) if j.trace_context else None,
         j.schedule,
         j.fire_time,
+    )
+
+
+def insert_statement(jobs: Sequence[PendingJob]) -> tuple[str, tuple[Any, ...]]:
+    """The statement that writes ``jobs`` and its arguments (``$n`` placeholders)."""
+    query: str
+    args: tuple[Any, ...]
+    if len(jobs) == 1 and jobs[0].schedule is not None:
+        query, args = sql.INSERT_SCHEDULED_JOB, _scheduled_args(jobs[0])
+    elif len(jobs) == 1 and _ready_plain(jobs[0]):
+        j = jobs[0]
+        query = sql.INSERT_READY_JOB
+        args = (
+            j.id,
+            j.spec.name,
+            j.queue,
+            j.args_json,
+            j.priority,
+            j.spec.max_attempts,
+        )
+    elif len(jobs) == 1:
+        j = jobs[0]
+        query = sql.INSERT_JOB
+        args = (
+            j.id,
+            j.spec.name,
+            j.queue,
+            j.args_json,
+            j.priority,
+            j.spec.max_attempts,
+            j.scheduled_at,
+            j.delay_s,
+            json.dumps(j.trace_context) if j.trace_context else None,
+        )
+    elif _uniform(jobs):
+        j = jobs[0]
+        query = sql.INSERT_UNIFORM_JOBS
+        args = (
+            [j.id for j in jobs],
+            [j.args_json for j in jobs],
+            [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
+            j.spec.name,
+            j.queue,
+            j.priority,
+            j.spec.max_attempts,
+            j.scheduled_at,
+            j.delay_s,
+        )
+    else:
+        query = sql.INSERT_JOBS
+        args = (
+            [j.id for j in jobs],
+            [j.spec.name for j in jobs],
+            [j.queue for j in jobs],
+            [j.args_json for j in jobs],
+            [j.priority for j in jobs],
+            [j.spec.max_attempts for j in jobs],
+            [j.scheduled_at for j in jobs],
+            [j.delay_s for j in jobs],
+            [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
+        )
+    return query, args
+
+
+def unstorable(jobs: Sequence[PendingJob], exc: BaseException) -> JobArgumentsError:
+    """The error for a value PostgreSQL refused (``exc``, whatever the driver)."""
+    names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
+    return JobArgumentsError(
+        f"Job {names} cannot be stored: {exc}. Strings may not contain NUL characters "
+        f"(\\x00) or unpaired surrogates, and priority is a 32-bit integer"
     )
 
 
