@@ -89,6 +89,7 @@ class Soniq(ManagesJobs):
             max_size=max(s.pool_max_size, s.pool_min_size),
             connect_timeout=s.connect_timeout,
             command_timeout=s.command_timeout,
+            schema=s.db_schema,
         )
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from .database import mask_url
 from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
 from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
+from .schema import connection_class, lock_key, qualify
 
 if TYPE_CHECKING:
     from .control_store import ControlStore
@@ -76,8 +77,12 @@ class Store:
         max_size: int,
         connect_timeout: float,
         command_timeout: float,
+        schema: str | None = None,
     ) -> None:
         self._resolve_url = resolve_url
+        #: The PostgreSQL schema of Soniq's tables; None: wherever the search_path finds them.
+        self.schema = schema
+        self._connection_class = connection_class(schema)
         self._resolve_lock = threading.Lock()
         self.url: str | None = None
         self.display_url = "<not connected yet>"
@@ -120,8 +125,9 @@ class Store:
         return self._schema_checked
 
     def qualify(self, statement: str) -> str:
-        """``statement`` as it must run on a connection that is not Soniq's own."""
-        return statement
+        """``statement`` as it must run on a connection that is not Soniq's own (those
+        qualify what they are given: :mod:`soniq.schema`)."""
+        return qualify(statement, self.schema)
 
     # -- connections -----------------------------------------------------------------------
     async def pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -159,6 +165,7 @@ class Store:
                 command_timeout=self.command_timeout,
                 reset=_rollback_only,
                 server_settings=settings,
+                connection_class=self._connection_class,
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
@@ -168,7 +175,10 @@ class Store:
         url = await self.resolve()
         try:
             return await asyncpg.connect(
-                url, timeout=self.connect_timeout, command_timeout=self.command_timeout
+                url,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+                connection_class=self._connection_class,
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
@@ -212,7 +222,12 @@ class Store:
         """Create or migrate the tables; returns the number of migrations applied."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(sql.LOCK_MIGRATIONS, sql.MIGRATION_LOCK_KEY)
+            if self.schema is not None:
+                # Whatever a migration creates by a bare name (an index, a function) lands in
+                # the schema; the tables are named qualified anyway.
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+                await conn.execute("SELECT set_config('search_path', $1, true)", self.schema)
+            await conn.execute(sql.LOCK_MIGRATIONS, lock_key(sql.MIGRATION_LOCK_KEY, self.schema))
             await conn.execute(sql.CREATE_VERSION_TABLE)
             version = await conn.fetchval(sql.READ_VERSION)
             applied = 0
@@ -231,7 +246,7 @@ class Store:
         if conn is None:
             version = await self.fetchval(sql.CURRENT_VERSION)
         else:
-            version = await conn.fetchval(sql.CURRENT_VERSION)
+            version = await conn.fetchval(self.qualify(sql.CURRENT_VERSION))
         self.judge_version(version)
 
     def judge_version(self, version: int | None) -> None:
@@ -257,7 +272,7 @@ class Store:
         query, args = insert_statement(jobs)
         try:
             if conn is not None:
-                await conn.execute(query, *args)
+                await conn.execute(self.qualify(query), *args)
             else:
                 await self._execute(query, args)
         except BAD_DATA_ERRORS as exc:
@@ -314,7 +329,12 @@ class Store:
     async def _connect_solo(self) -> asyncpg.Connection[Any]:
         url = await self.resolve()
         try:
-            conn = await asyncpg.connect(url, timeout=self.connect_timeout, command_timeout=None)
+            conn = await asyncpg.connect(
+                url,
+                timeout=self.connect_timeout,
+                command_timeout=None,
+                connection_class=self._connection_class,
+            )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
         try:
