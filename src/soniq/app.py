@@ -90,6 +90,8 @@ class Soniq(ManagesJobs):
             connect_timeout=s.connect_timeout,
             command_timeout=s.command_timeout,
             schema=s.db_schema,
+            pgbouncer=s.pgbouncer,
+            listen_url=s.listen_database_url,
         )
 
     # -- lifecycle -------------------------------------------------------------------------

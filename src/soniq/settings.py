@@ -35,6 +35,18 @@ class Settings(BaseSettings):
         description="PostgreSQL schema of Soniq's tables (e.g. 'jobs'), so that apps sharing a "
         "database keep apart; None: wherever the connection's search_path finds them.",
     )
+    pgbouncer: bool = Field(
+        False,
+        description="Soniq reaches PostgreSQL through PgBouncer in transaction mode: it keeps no "
+        "prepared statement or session setting across transactions and takes no session "
+        "advisory lock; workers LISTEN on listen_database_url, or poll without it.",
+    )
+    listen_database_url: str | None = Field(
+        None,
+        description="A URL that reaches PostgreSQL directly (not through PgBouncer), for the "
+        "workers' LISTEN connection when pgbouncer is on; unset: workers poll "
+        "(poll_interval).",
+    )
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for PostgreSQL.")

@@ -1128,3 +1128,7 @@ WHERE unique_until IS NOT NULL OR cancel_requested_at IS NOT NULL
 """
 )
 TIME_SHIFTS.append("UPDATE soniq_queues SET refilled_at = refilled_at - make_interval(secs => $1)")
+
+# Behind PgBouncer (transaction mode), the fleet role's lock is taken in a transaction its
+# holder keeps open (see Store.hold_advisory_lock).
+TRY_ADVISORY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1)"

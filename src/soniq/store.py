@@ -78,11 +78,12 @@ class Store:
         connect_timeout: float,
         command_timeout: float,
         schema: str | None = None,
+        pgbouncer: bool = False,
+        listen_url: str | None = None,
     ) -> None:
         self._resolve_url = resolve_url
         #: The PostgreSQL schema of Soniq's tables; None: wherever the search_path finds them.
         self.schema = schema
-        self._connection_class = connection_class(schema)
         self._resolve_lock = threading.Lock()
         self.url: str | None = None
         self.display_url = "<not connected yet>"
@@ -94,7 +95,13 @@ class Store:
         self._claim_pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._pool_lock = asyncio.Lock()
         self._schema_checked = False
-        self.pgbouncer = False
+        #: Behind PgBouncer in transaction mode: no statement is prepared for later (each one
+        #: may run on another server connection), no session setting or session lock.
+        self.pgbouncer = pgbouncer
+        self._listen_url = listen_url
+        self._options: dict[str, Any] = {"connection_class": connection_class(schema)}
+        if pgbouncer:
+            self._options["statement_cache_size"] = 0
         self._solo: asyncpg.Connection[Any] | None = None
         self._solo_busy = False
         self._solo_loop: asyncio.AbstractEventLoop | None = None
@@ -164,8 +171,9 @@ class Store:
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 reset=_rollback_only,
-                server_settings=settings,
-                connection_class=self._connection_class,
+                # PgBouncer refuses startup settings; its sessions are anyone's anyway.
+                server_settings=None if self.pgbouncer else settings,
+                **self._options,
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
@@ -178,10 +186,30 @@ class Store:
                 url,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
-                connection_class=self._connection_class,
+                **self._options,
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
+
+    @property
+    def listens(self) -> bool:
+        """Whether workers can LISTEN: not through PgBouncer unless a direct URL is set."""
+        return not self.pgbouncer or self._listen_url is not None
+
+    async def connect_listener(self) -> asyncpg.Connection[Any]:
+        """A dedicated connection for LISTEN (on the direct URL behind PgBouncer)."""
+        if self._listen_url is None:
+            return await self.connect()
+        try:
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                self._listen_url, timeout=self.connect_timeout, **self._options
+            )
+            return conn
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"Cannot reach PostgreSQL at {mask_url(self._listen_url)} "
+                f"(listen_database_url): {type(exc).__name__}: {exc}"
+            ) from exc
 
     def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         return DatabaseUnavailable(
@@ -284,7 +312,9 @@ class Store:
 
     async def _execute(self, query: str, args: tuple[Any, ...]) -> None:
         """Run an enqueue statement on Soniq's own connections."""
-        if self._solo_busy or self._max_size < 2:
+        # Behind PgBouncer the kept connection's prepared statements and statement_timeout
+        # would live on whichever server connection it last had: the pool it is.
+        if self._solo_busy or self._max_size < 2 or self.pgbouncer:
             pool = await self.pool()
             await pool.execute(query, *args, timeout=self.command_timeout)
             return
@@ -329,11 +359,8 @@ class Store:
     async def _connect_solo(self) -> asyncpg.Connection[Any]:
         url = await self.resolve()
         try:
-            conn = await asyncpg.connect(
-                url,
-                timeout=self.connect_timeout,
-                command_timeout=None,
-                connection_class=self._connection_class,
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                url, timeout=self.connect_timeout, command_timeout=None, **self._options
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
@@ -407,14 +434,26 @@ class Store:
         pool = await self.pool()
         try:
             async with pool.acquire(timeout=self.connect_timeout) as probe:
-                if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, key):
-                    return None
-                await probe.fetchval(sql.ADVISORY_UNLOCK, key)
+                if self.pgbouncer:
+                    async with probe.transaction():
+                        if not await probe.fetchval(sql.TRY_ADVISORY_XACT_LOCK, key):
+                            return None
+                else:
+                    if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, key):
+                        return None
+                    await probe.fetchval(sql.ADVISORY_UNLOCK, key)
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
         conn = await self.connect()
         try:
-            won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, key)
+            if self.pgbouncer:
+                # PgBouncer hands a session to other clients between transactions, so a session
+                # lock would outlive this client on a stranger's session. A transaction left
+                # open keeps its server connection, and its lock, until this connection closes.
+                await conn.execute("BEGIN")
+                won = await conn.fetchval(sql.TRY_ADVISORY_XACT_LOCK, key)
+            else:
+                won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, key)
         except BaseException:
             conn.terminate()
             raise

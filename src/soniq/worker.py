@@ -169,7 +169,6 @@ class Worker:
 
                 self.schedules = ScheduleRunner(self.app, self.id)
                 self._background = [
-                    asyncio.create_task(self._liveness.listen(), name="soniq-listen"),
                     asyncio.create_task(self._liveness.heartbeat(), name="soniq-heartbeat"),
                     asyncio.create_task(self.schedules.run(), name="soniq-schedules"),
                 ]
