@@ -39,11 +39,10 @@ from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
-from .unique import EnqueueResult, Unique, as_unique, key_for
 from .sync_enqueue import SyncEnqueuer, refuse_in_event_loop
+from .unique import EnqueueResult, Unique, as_unique, key_for
 
 if TYPE_CHECKING:
-    from .middleware import Connection
     from .schedules import Scheduler
     from .worker import Worker
 
@@ -278,11 +277,13 @@ class Soniq(ManagesJobs):
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: Connection | None = None,
+        connection: Any = None,
         dedup_key: str | None = None,
         **kwargs: Any,
     ) -> str:
-        """Write one job; returns its id. With ``connection=``, inside the caller's transaction.
+        """Write one job; returns its id. With ``connection=`` (asyncpg, psycopg
+        ``AsyncConnection``, SQLAlchemy ``AsyncSession``/``AsyncConnection``: see
+        :mod:`soniq.connections`), inside the caller's transaction.
 
         A unique job (``@app.job(unique=...)``, or ``dedup_key=`` for this call) that meets an
         existing one returns the existing job's id; ``enqueue_result`` says whether it did.
@@ -307,7 +308,7 @@ class Soniq(ManagesJobs):
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: Connection | None = None,
+        connection: Any = None,
         dedup_key: str | None = None,
         **kwargs: Any,
     ) -> EnqueueResult:
@@ -330,7 +331,7 @@ class Soniq(ManagesJobs):
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: Connection | None = None,
+        connection: Any = None,
     ) -> list[str]:
         """Write a batch of one job in one statement; returns the ids in order."""
         jobs = self._pending_many(job, kwargs_list, queue, priority, scheduled_at)

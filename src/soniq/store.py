@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 
 from . import sql
+from .connections import ASYNCPG, Adapter, adapter_for, refused_data, wrong_side
 from .database import mask_url
 from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
 from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
@@ -294,10 +295,15 @@ class Store:
         self._schema_checked = True
 
     # -- enqueue ---------------------------------------------------------------------------
-    async def insert(self, jobs: Sequence[PendingJob], conn: Connection | None) -> None:
+    async def insert(self, jobs: Sequence[PendingJob], conn: Any) -> None:
+        query, args = insert_statement(jobs)
+        if conn is not None:
+            adapter = adapter_for(conn)
+            if adapter is not ASYNCPG:
+                await self._insert_with(adapter, conn, jobs, query, args)
+                return
         if not self._schema_checked:
             await self.check_schema(conn)
-        query, args = insert_statement(jobs)
         try:
             if conn is not None:
                 await conn.execute(self.qualify(query), *args)
@@ -309,6 +315,26 @@ class Store:
             if conn is not None:
                 raise  # the caller's own connection: theirs to handle
             raise self.unavailable(exc) from exc
+
+    async def _insert_with(
+        self,
+        adapter: Adapter,
+        conn: Any,
+        jobs: Sequence[PendingJob],
+        query: str,
+        args: tuple[Any, ...],
+    ) -> None:
+        """Write with a caller's connection of another driver (psycopg, SQLAlchemy)."""
+        if not adapter.is_async:
+            raise wrong_side(adapter, sync_call=False)
+        if not self._schema_checked:
+            self.judge_version(await adapter.fetchval(conn, self.qualify(sql.CURRENT_VERSION), ()))
+        try:
+            await adapter.execute(conn, self.qualify(query), args)
+        except Exception as exc:
+            if refused_data(exc):
+                raise unstorable(jobs, exc) from None
+            raise  # the caller's connection: theirs to handle
 
     async def _execute(self, query: str, args: tuple[Any, ...]) -> None:
         """Run an enqueue statement on Soniq's own connections."""
