@@ -126,6 +126,11 @@ class Soniq(ManagesJobs):
         """Create or migrate the Soniq tables (idempotent, safe to run concurrently)."""
         await self._store.setup()
 
+    async def start(self) -> None:
+        """Connect and check the schema now, so that an unreachable database or a missing
+        ``soniq setup`` fails at start-up rather than at the first enqueue."""
+        await self._store.check_schema()
+
     @property
     def database_url(self) -> str | None:
         """The masked URL in use, once connected."""
