@@ -59,13 +59,6 @@ class Soniq(ManagesJobs):
 
     def __init__(self, database_url: str | None = None, **settings: Any) -> None:
         self.settings: Settings = load_settings({"database_url": database_url, **settings})
-        data_dir = self.settings.data_dir
-        if database_url or self.settings.database_url:
-            # Checked now, not at first use: a malformed URL fails where it is written.
-            resolved = resolve_url(database_url, self.settings.database_url, data_dir)
-            self._store = self._make_store(lambda: resolved)
-        else:
-            self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
         self.registry = JobRegistry()
         self.middleware = MiddlewareChain()
         self.middleware.add_builtin(FailureLogMiddleware())  # failures show with no telemetry on
@@ -76,9 +69,21 @@ class Soniq(ManagesJobs):
         # What the enqueue side ends in: the database writer, or one soniq.testing sets.
         self._writer: EnqueueNext = self._write_call
         self._scheduler: Scheduler | None = None
-        self._sync = SyncEnqueuer(
-            self._store, self.middleware, max_size=max(self.settings.pool_max_size, 1)
-        )
+        self._connect_with(self.settings)
+
+    def _connect_with(self, s: Settings) -> None:
+        """Build the store (and enqueue_sync's side) from the connection settings in ``s``."""
+        data_dir = s.data_dir
+        if s.database_url:
+            # Checked now, not at first use: a malformed URL fails where it is written.
+            resolved = resolve_url(None, s.database_url, data_dir)
+            self._store = self._make_store(lambda: resolved)
+        else:
+            self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
+        default = getattr(self, "_sync", None)
+        self._sync = SyncEnqueuer(self._store, self.middleware, max_size=max(s.pool_max_size, 1))
+        if default is not None:
+            self._sync.default_connection = default.default_connection
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -118,9 +123,20 @@ class Soniq(ManagesJobs):
         self._sync.close()
 
     def configure(self, **settings: Any) -> None:
-        """Change settings after construction (the CLI's flags override the app's)."""
+        """Change settings after construction (the CLI's flags override the app's; the Django
+        contrib sets the database from Django's). Connection settings (the URL, pool, schema,
+        pgbouncer...) can change only until the app first connects."""
         current = self.settings.model_dump(exclude_unset=True)
-        self.settings = load_settings({**current, **settings})
+        new = load_settings({**current, **settings})
+        changed = {k for k in _CONNECTION_SETTINGS if getattr(new, k) != getattr(self.settings, k)}
+        if changed and self._store.url is not None:
+            raise ConfigurationError(
+                f"Cannot change {', '.join(sorted(changed))} of a Soniq app that has connected; "
+                f"configure it before its first use"
+            )
+        self.settings = new
+        if changed:
+            self._connect_with(new)
 
     async def setup(self) -> None:
         """Create or migrate the Soniq tables (idempotent, safe to run concurrently)."""
@@ -384,6 +400,13 @@ class Soniq(ManagesJobs):
             self._sync.enqueue(jobs, True, connection, self._test_writer())
         return [j.id for j in jobs]
 
+    def set_sync_connection(self, factory: Callable[[], Any] | None) -> None:
+        """Make ``enqueue_sync`` without ``connection=`` write with ``factory()``'s connection
+        (called per enqueue, on the calling thread), so enqueues join the framework's current
+        transaction: the Django contrib passes Django's connection; with Flask-SQLAlchemy,
+        ``lambda: db.session``. None: Soniq's own connections again."""
+        self._sync.default_connection = factory
+
     def _pending_many(
         self,
         job: str | Callable[..., Any],
@@ -550,6 +573,19 @@ class Soniq(ManagesJobs):
 
 # The rule of an enqueue(dedup_key=...) for a job declared without one.
 _UNIQUE = Unique()
+
+# Settings the store is built from (see Soniq.configure).
+_CONNECTION_SETTINGS = (
+    "database_url",
+    "data_dir",
+    "pool_min_size",
+    "pool_max_size",
+    "connect_timeout",
+    "command_timeout",
+    "db_schema",
+    "pgbouncer",
+    "listen_database_url",
+)
 
 
 def _placement(
