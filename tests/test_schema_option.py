@@ -203,3 +203,21 @@ async def drain(app: Soniq) -> None:
     await asyncio.wait_for(
         app.run_worker(concurrency=8, run_once=True, install_signal_handlers=False), 60
     )
+
+
+async def test_connection_settings_change_only_before_connecting(
+    empty_database_url: str,
+) -> None:
+    ran: list[str] = []
+    app = make(empty_database_url, None, ran)
+    app.configure(schema="later")  # as the Django contrib does when Django starts
+    try:
+        await app.setup()
+        job = await app.enqueue("shared.name", tag="t")
+        pool = await app.pool()
+        assert await pool.fetchval("SELECT count(*) FROM later.soniq_jobs WHERE id = $1", job)
+        app.configure(concurrency=3)  # not a connection setting: fine at any time
+        with pytest.raises(ConfigurationError, match=r"db_schema.*connected"):
+            app.configure(schema="other")
+    finally:
+        await app.close()
