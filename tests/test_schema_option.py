@@ -4,6 +4,7 @@ nothing of each other; migrations and caller connections respect it."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -221,3 +222,20 @@ async def test_connection_settings_change_only_before_connecting(
             app.configure(schema="other")
     finally:
         await app.close()
+
+
+def test_every_table_and_type_the_migrations_create_is_qualified() -> None:
+    created = set()
+    for migration in sql.MIGRATIONS:
+        created |= set(
+            re.findall(
+                r"CREATE (?:TABLE|TYPE)(?: IF NOT EXISTS)? (soniq_\w+)", migration, re.IGNORECASE
+            )
+        )
+    assert created, "the pattern no longer finds the CREATE statements"
+    missing = created - set(sql.SCHEMA_NAMES)
+    assert not missing, f"add {sorted(missing)} to sql.SCHEMA_NAMES"
+    for migration in sql.MIGRATIONS:
+        for name in created:
+            # No bare use of a table or type is left in a qualified migration.
+            assert not re.search(rf"(?<![\w.]){name}\b(?!:)", qualify(migration, "s")), name

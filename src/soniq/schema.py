@@ -22,13 +22,14 @@ from typing import Any
 import asyncpg
 
 from .errors import ConfigurationError
-from .sql import NOTIFY_CHANNEL
+from .sql import CHANNELS, SCHEMA_NAMES
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
-# The tables and the type, where they stand as names (not inside a longer name such as an
+# The tables and types, where they stand as names (not inside a longer name such as an
 # index's or a channel's, not already qualified), so qualifying twice changes nothing.
-_TABLES = re.compile(r"(?<![\w.\"])soniq_(?:jobs|workers|schema_version|job_status)\b(?!:)")
-_CHANNEL_LITERAL = f"'{NOTIFY_CHANNEL}'"
+_TABLES = re.compile(rf"(?<![\w.\"])(?:{'|'.join(SCHEMA_NAMES)})\b(?!:)")
+# Channel names as the statements write them, in quotes.
+_CHANNEL_LITERALS = re.compile(rf"'({'|'.join(CHANNELS)})'")
 
 
 def check_name(schema: str) -> str:
@@ -42,9 +43,9 @@ def check_name(schema: str) -> str:
     return schema
 
 
-def channel(schema: str | None) -> str:
-    """The NOTIFY channel of the schema's jobs."""
-    return NOTIFY_CHANNEL if schema is None else f"{NOTIFY_CHANNEL}:{schema}"
+def channel(schema: str | None, name: str = CHANNELS[0]) -> str:
+    """The schema's NOTIFY channel ``name`` (by default the one for new jobs)."""
+    return name if schema is None else f"{name}:{schema}"
 
 
 def lock_key(key: int, schema: str | None) -> int:
@@ -60,10 +61,9 @@ def qualify(statement: str, schema: str | None) -> str:
     """``statement`` with Soniq's names in ``schema`` (unchanged without one)."""
     if schema is None:
         return statement
-    marker = "\x00channel\x00"
-    text = statement.replace(_CHANNEL_LITERAL, marker)
-    text = _TABLES.sub(lambda m: f"{schema}.{m.group(0)}", text)
-    return text.replace(marker, f"'{channel(schema)}'")
+    # Channels first: a qualified channel ('soniq_jobs:jobs') is then left alone by _TABLES.
+    text = _CHANNEL_LITERALS.sub(lambda m: f"'{channel(schema, m.group(1))}'", statement)
+    return _TABLES.sub(lambda m: f"{schema}.{m.group(0)}", text)
 
 
 class _Qualifying(asyncpg.Connection):
@@ -97,7 +97,7 @@ class _Qualifying(asyncpg.Connection):
 
 
 def _channel_of(name: str, schema: str | None) -> str:
-    return channel(schema) if name == NOTIFY_CHANNEL else name
+    return channel(schema, name) if name in CHANNELS else name
 
 
 @functools.cache

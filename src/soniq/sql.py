@@ -23,6 +23,19 @@ SCHEDULES_CHANNEL = "soniq_schedules"
 # "queues" says a queue was paused, resumed or limited, so workers read soniq_queues again.
 CONTROL_CHANNEL = "soniq_control"
 
+# With Soniq(schema=...), these names are qualified with the schema in every statement, and
+# these NOTIFY channels get the schema's name appended (soniq.schema): list each table and type
+# a migration creates, and each channel (tests/test_schema_option.py checks the tables).
+SCHEMA_NAMES = (
+    "soniq_jobs",
+    "soniq_workers",
+    "soniq_schema_version",
+    "soniq_job_status",
+    "soniq_schedules",
+    "soniq_schedule_fires",
+)
+CHANNELS = (NOTIFY_CHANNEL, SCHEDULES_CHANNEL)
+
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
     f"""
