@@ -239,3 +239,13 @@ def test_every_table_and_type_the_migrations_create_is_qualified() -> None:
         for name in created:
             # No bare use of a table or type is left in a qualified migration.
             assert not re.search(rf"(?<![\w.]){name}\b(?!:)", qualify(migration, "s")), name
+
+
+async def test_concurrent_setups_create_one_schema(empty_database_url: str) -> None:
+    apps = [Soniq(empty_database_url, schema="racing") for _ in range(4)]
+    try:
+        await asyncio.gather(*(a.setup() for a in apps))  # one creates, the others wait
+        assert await apps[0].queue_status() == []
+    finally:
+        for a in apps:
+            await a.close()

@@ -347,6 +347,11 @@ RECORD_VERSION = "INSERT INTO soniq_schema_version (version) VALUES ($1)"
 
 LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1)"
 
+# Soniq(schema=...): the schema (its name checked by soniq.schema.check_name), and bare names
+# in the migrations resolved into it for the migration's transaction only.
+CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+SET_LOCAL_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
+
 # ---------------------------------------------------------------------------------------------
 # Enqueue. scheduled_at: an absolute time ($7) wins, else now() + delay seconds ($8), both
 # evaluated on the database clock so workers and producers never disagree about "due".

@@ -251,12 +251,13 @@ class Store:
         """Create or migrate the tables; returns the number of migrations applied."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
+            # First the lock: two setups creating the same schema at once would collide.
+            await conn.execute(sql.LOCK_MIGRATIONS, lock_key(sql.MIGRATION_LOCK_KEY, self.schema))
             if self.schema is not None:
                 # Whatever a migration creates by a bare name (an index, a function) lands in
                 # the schema; the tables are named qualified anyway.
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-                await conn.execute("SELECT set_config('search_path', $1, true)", self.schema)
-            await conn.execute(sql.LOCK_MIGRATIONS, lock_key(sql.MIGRATION_LOCK_KEY, self.schema))
+                await conn.execute(sql.CREATE_SCHEMA.format(schema=self.schema))
+                await conn.execute(sql.SET_LOCAL_SEARCH_PATH, self.schema)
             await conn.execute(sql.CREATE_VERSION_TABLE)
             version = await conn.fetchval(sql.READ_VERSION)
             applied = 0
