@@ -204,3 +204,16 @@ async def test_the_producer_span_is_a_child_of_the_callers_span(
     )
     assert carried is not None and f"{send.context.span_id:016x}" in carried
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing leaked into this thread
+
+
+async def test_the_testing_kits_capture_sees_sync_enqueues(
+    sync_app: Soniq, db: asyncpg.Connection
+) -> None:
+    from soniq.testing import capture
+
+    with capture(sync_app) as jobs:
+        await asyncio.to_thread(sync_app.enqueue_sync, "sync.add", x=7)
+        await asyncio.to_thread(sync_app.enqueue_many_sync, "sync.add", [{"x": 8}])
+        jobs.assert_enqueued("sync.add", x=7)
+        jobs.assert_enqueued("sync.add", x=8)
+    assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 0  # recorded, not written
