@@ -217,3 +217,37 @@ async def test_the_testing_kits_capture_sees_sync_enqueues(
         jobs.assert_enqueued("sync.add", x=7)
         jobs.assert_enqueued("sync.add", x=8)
     assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 0  # recorded, not written
+
+
+def _fork_and_enqueue(app: Soniq) -> tuple[str, int]:
+    """Fork; the child enqueues with ``app`` and writes the job id back through a pipe."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, running nothing of the parent's
+        code = 1
+        try:
+            os.write(write, app.enqueue_sync("sync.add", x=2).encode())
+            app.close_sync()  # as an exiting process does: must not end the parent's sessions
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        out = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return out, os.waitstatus_to_exitcode(status)
+
+
+async def test_a_forked_child_opens_its_own_connections(
+    sync_app: Soniq, db: asyncpg.Connection
+) -> None:
+    """gunicorn --preload and the like: the parent enqueued before forking; the child must not
+    use (or close) the parent's connections, and the parent's keep working."""
+    first = await asyncio.to_thread(sync_app.enqueue_sync, "sync.add", x=1)
+    from_child, exit_code = await asyncio.to_thread(_fork_and_enqueue, sync_app)
+    assert exit_code == 0 and len(from_child) == 36, from_child
+    last = await asyncio.to_thread(sync_app.enqueue_sync, "sync.add", x=3)  # parent's pool
+    rows = await db.fetch("SELECT id::text FROM soniq_jobs ORDER BY seq")
+    assert [r["id"] for r in rows] == [first, from_child, last]
