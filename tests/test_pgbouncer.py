@@ -172,3 +172,18 @@ async def drain(app: Soniq) -> None:
     await asyncio.wait_for(
         app.run_worker(concurrency=8, run_once=True, install_signal_handlers=False), 60
     )
+
+
+async def test_awaited_results_through_pgbouncer(clean_db: str, bouncer_url: str) -> None:
+    """get_result(wait=...) polls without a direct URL, and LISTENs on it when given."""
+    for listen in (None, clean_db):
+        app = make(bouncer_url, listen_database_url=listen)
+        try:
+            async with running_worker(app):
+                job = await app.enqueue("pgb.add", x=5)
+                assert await app.get_result(job, wait=15) == 6
+                slow = await app.enqueue("pgb.add", x=1, scheduled_at=3600)
+                with pytest.raises(TimeoutError):
+                    await app.get_result(slow, wait=0.6)
+        finally:
+            await app.close()

@@ -249,3 +249,24 @@ async def test_concurrent_setups_create_one_schema(empty_database_url: str) -> N
     finally:
         for a in apps:
             await a.close()
+
+
+def test_every_channel_the_statements_notify_is_known() -> None:
+    """A channel missing from sql.CHANNELS would be shared by every schema."""
+    import soniq
+
+    texts = []
+    for module in ("sql", "sql_manage"):
+        found = getattr(soniq, module, None) or __import__(f"soniq.{module}", fromlist=["x"])
+        texts += [v for v in vars(found).values() if isinstance(v, str)]
+        texts += [m for v in vars(found).values() if isinstance(v, list) for m in v]
+    texts.append(sql.finish_and_claim(sql.QUEUE_FILTER_ALL))
+    notified = {c for t in texts for c in re.findall(r"pg_notify\('(\w+)'", t)}
+    assert notified and notified <= set(sql.CHANNELS), notified - set(sql.CHANNELS)
+
+
+async def test_awaited_results_in_a_schema(two: tuple[Soniq, Soniq, list[str]]) -> None:
+    a, _, _ = two
+    async with running_worker(a):
+        job = await a.enqueue("shared.name", tag="awaited")
+        assert await a.get_result(job, wait=15) == "awaited"  # heard on the schema's channel

@@ -34,7 +34,7 @@ SCHEMA_NAMES = (
     "soniq_schedules",
     "soniq_schedule_fires",
 )
-CHANNELS = (NOTIFY_CHANNEL, SCHEDULES_CHANNEL)
+CHANNELS = (NOTIFY_CHANNEL, RESULTS_CHANNEL, SCHEDULES_CHANNEL)
 
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
