@@ -95,7 +95,7 @@ async def test_workers_poll_without_a_direct_url(clean_db: str, bouncer_url: str
     app = make(bouncer_url, poll_interval=0.3)
     try:
         async with running_worker(app) as worker:
-            assert [t.get_name() for t in worker._background] == ["soniq-heartbeat"]
+            assert "soniq-listen" not in [t.get_name() for t in worker._background]
             job = await app.enqueue("pgb.add", x=41)
             assert (await wait_status(app, job, "done"))["result"] == 42
     finally:
@@ -187,3 +187,21 @@ async def test_awaited_results_through_pgbouncer(clean_db: str, bouncer_url: str
                     await app.get_result(slow, wait=0.6)
         finally:
             await app.close()
+
+
+async def test_schedules_through_pgbouncer(clean_db: str, bouncer_url: str) -> None:
+    app = make(bouncer_url, poll_interval=0.3)
+    fired: list[str] = []
+
+    @app.periodic(every=1, schedule_name="pgb.tick")
+    async def tick(ctx: JobContext) -> None:
+        fired.append(ctx.job_id)
+
+    try:
+        async with running_worker(app):
+            await wait_until(lambda: len(fired) >= 2, timeout=20, what="two fires of pgb.tick")
+        assert len(set(fired)) == len(fired)  # one job per fire time
+    finally:
+        pool = await app.pool()
+        await pool.execute("DELETE FROM soniq_schedules WHERE name = 'pgb.tick'")
+        await app.close()

@@ -441,6 +441,9 @@ class Soniq(ManagesJobs):
         for spec in self.registry:
             if spec.func is job:
                 return spec
+        for spec in self.registry:  # registered wrapped (soniq.contrib.django's sync jobs)
+            if getattr(spec.func, "__wrapped__", None) is job:
+                return spec
         raise JobArgumentsError(
             f"{getattr(job, '__qualname__', job)!r} is not a registered job; decorate it with "
             f"@app.job() on this Soniq app, or pass the job's name"
