@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import connections as conns
@@ -145,7 +144,7 @@ class SyncPool:
         self._max_size = max_size
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle: list[tuple[psycopg.Connection[Any], psycopg.Cursor[Any]]] = []
         self._slots = threading.BoundedSemaphore(max_size)
 
     def execute(self, jobs: Sequence[PendingJob], query: str, args: tuple[Any, ...]) -> None:
@@ -153,45 +152,43 @@ class SyncPool:
 
         store = self._store
         text, params = conns.positional(query, args)
-        with self._connection() as conn:
-            try:
-                if not store.schema_checked:
-                    row = conn.execute(store.qualify(sql.CURRENT_VERSION)).fetchone()
-                    store.judge_version(row[0] if row else None)
-                conn.execute(text, params)
-            except psycopg.OperationalError as exc:
-                conn.close()  # not put back: the next enqueue connects anew
-                raise store.unavailable(exc) from exc
-            except psycopg.DataError as exc:
-                raise unstorable(jobs, exc) from None
-
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._pid != os.getpid():
             self._after_fork()
-        store = self._store
         if not self._slots.acquire(timeout=store.connect_timeout):
             raise DatabaseUnavailable(
                 f"enqueue_sync waited {store.connect_timeout:g}s for one of its "
                 f"{self._max_size} connections (pool_max_size); all were busy"
             )
-        conn = None
+        kept: tuple[psycopg.Connection[Any], psycopg.Cursor[Any]] | None = None
+        clean = False
         try:
             with self._lock:
-                while self._idle and conn is None:
-                    conn = self._idle.pop()
-                    if conn.closed:
-                        conn = None
-            if conn is None:
+                if self._idle:
+                    kept = self._idle.pop()
+            if kept is None or kept[0].closed:
                 conn = self._connect()
-            yield conn
+                kept = (conn, conn.cursor())  # one cursor per connection, reused
+            conn, cur = kept
+            try:
+                if not store.schema_checked:
+                    row = cur.execute(store.qualify(sql.CURRENT_VERSION)).fetchone()
+                    store.judge_version(row[0] if row else None)
+                cur.execute(text, params)
+                clean = True
+            except psycopg.OperationalError as exc:
+                conn.close()  # not put back: the next enqueue connects anew
+                raise store.unavailable(exc) from exc
+            except psycopg.DataError as exc:
+                raise unstorable(jobs, exc) from None
         finally:
-            if conn is not None and not conn.closed:
-                if conn.info.transaction_status != 0:  # not idle: never hand on a wedged one
-                    conn.close()
-                else:
+            if kept is not None and not kept[0].closed:
+                # After a failure, hand on only a connection that is idle (autocommit leaves
+                # it so after a statement's error; an interrupted one may not be).
+                if clean or kept[0].info.transaction_status == 0:
                     with self._lock:
-                        self._idle.append(conn)
+                        self._idle.append(kept)
+                else:
+                    kept[0].close()
             self._slots.release()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -236,5 +233,5 @@ class SyncPool:
         with self._lock:
             idle, self._idle = self._idle, []
         if self._pid == os.getpid():
-            for conn in idle:
+            for conn, _ in idle:
                 conn.close()
