@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from . import connections as conns
 from . import sql
 from .errors import ConfigurationError, DatabaseUnavailable
+from .insert_sql import insert_statement, unstorable
 from .jobs import PendingJob
 from .middleware import EnqueueContext, EnqueueNext
-from .store import insert_statement, unstorable
 
 if TYPE_CHECKING:
     import psycopg
