@@ -33,8 +33,9 @@ SCHEMA_NAMES = (
     "soniq_job_status",
     "soniq_schedules",
     "soniq_schedule_fires",
+    "soniq_queues",
 )
-CHANNELS = (NOTIFY_CHANNEL, RESULTS_CHANNEL, SCHEDULES_CHANNEL)
+CHANNELS = (NOTIFY_CHANNEL, RESULTS_CHANNEL, SCHEDULES_CHANNEL, CONTROL_CHANNEL)
 
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
