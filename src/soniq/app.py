@@ -39,10 +39,10 @@ from .queue_state import QueueState
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
+from .sync_enqueue import SyncEnqueuer, refuse_in_event_loop
 from .unique import EnqueueResult, Unique, as_unique, key_for
 
 if TYPE_CHECKING:
-    from .middleware import Connection
     from .schedules import Scheduler
     from .worker import Worker
 
@@ -59,13 +59,6 @@ class Soniq(ManagesJobs):
 
     def __init__(self, database_url: str | None = None, **settings: Any) -> None:
         self.settings: Settings = load_settings({"database_url": database_url, **settings})
-        data_dir = self.settings.data_dir
-        if database_url or self.settings.database_url:
-            # Checked now, not at first use: a malformed URL fails where it is written.
-            resolved = resolve_url(database_url, self.settings.database_url, data_dir)
-            self._store = self._make_store(lambda: resolved)
-        else:
-            self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
         self.registry = JobRegistry()
         self.middleware = MiddlewareChain()
         self.middleware.add_builtin(FailureLogMiddleware())  # failures show with no telemetry on
@@ -76,6 +69,21 @@ class Soniq(ManagesJobs):
         # What the enqueue side ends in: the database writer, or one soniq.testing sets.
         self._writer: EnqueueNext = self._write_call
         self._scheduler: Scheduler | None = None
+        self._connect_with(self.settings)
+
+    def _connect_with(self, s: Settings) -> None:
+        """Build the store (and enqueue_sync's side) from the connection settings in ``s``."""
+        data_dir = s.data_dir
+        if s.database_url:
+            # Checked now, not at first use: a malformed URL fails where it is written.
+            resolved = resolve_url(None, s.database_url, data_dir)
+            self._store = self._make_store(lambda: resolved)
+        else:
+            self._store = self._make_store(lambda: resolve_url(None, None, data_dir))
+        default = getattr(self, "_sync", None)
+        self._sync = SyncEnqueuer(self._store, self.middleware, max_size=max(s.pool_max_size, 1))
+        if default is not None:
+            self._sync.default_connection = default.default_connection
 
     def _make_store(self, resolver: Callable[[], tuple[str, str]]) -> Store:
         s = self.settings
@@ -85,6 +93,9 @@ class Soniq(ManagesJobs):
             max_size=max(s.pool_max_size, s.pool_min_size),
             connect_timeout=s.connect_timeout,
             command_timeout=s.command_timeout,
+            schema=s.db_schema,
+            pgbouncer=s.pgbouncer,
+            listen_url=s.listen_database_url,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -104,16 +115,37 @@ class Soniq(ManagesJobs):
         for worker in list(self.workers):
             worker.stop()
         await self._close_management()
+        self._sync.close()
         await self._store.close()
 
+    def close_sync(self) -> None:
+        """Close the connections ``enqueue_sync`` opened (``close()`` does too)."""
+        self._sync.close()
+
     def configure(self, **settings: Any) -> None:
-        """Change settings after construction (the CLI's flags override the app's)."""
+        """Change settings after construction (the CLI's flags override the app's; the Django
+        contrib sets the database from Django's). Connection settings (the URL, pool, schema,
+        pgbouncer...) can change only until the app first connects."""
         current = self.settings.model_dump(exclude_unset=True)
-        self.settings = load_settings({**current, **settings})
+        new = load_settings({**current, **settings})
+        changed = {k for k in _CONNECTION_SETTINGS if getattr(new, k) != getattr(self.settings, k)}
+        if changed and self._store.url is not None:
+            raise ConfigurationError(
+                f"Cannot change {', '.join(sorted(changed))} of a Soniq app that has connected; "
+                f"configure it before its first use"
+            )
+        self.settings = new
+        if changed:
+            self._connect_with(new)
 
     async def setup(self) -> None:
         """Create or migrate the Soniq tables (idempotent, safe to run concurrently)."""
         await self._store.setup()
+
+    async def start(self) -> None:
+        """Connect and check the schema now, so that an unreachable database or a missing
+        ``soniq setup`` fails at start-up rather than at the first enqueue."""
+        await self._store.check_schema()
 
     @property
     def database_url(self) -> str | None:
@@ -266,11 +298,13 @@ class Soniq(ManagesJobs):
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: Connection | None = None,
+        connection: Any = None,
         dedup_key: str | None = None,
         **kwargs: Any,
     ) -> str:
-        """Write one job; returns its id. With ``connection=``, inside the caller's transaction.
+        """Write one job; returns its id. With ``connection=`` (asyncpg, psycopg
+        ``AsyncConnection``, SQLAlchemy ``AsyncSession``/``AsyncConnection``: see
+        :mod:`soniq.connections`), inside the caller's transaction.
 
         A unique job (``@app.job(unique=...)``, or ``dedup_key=`` for this call) that meets an
         existing one returns the existing job's id; ``enqueue_result`` says whether it did.
@@ -295,7 +329,7 @@ class Soniq(ManagesJobs):
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: Connection | None = None,
+        connection: Any = None,
         dedup_key: str | None = None,
         **kwargs: Any,
     ) -> EnqueueResult:
@@ -318,9 +352,69 @@ class Soniq(ManagesJobs):
         queue: str | None = None,
         priority: int | None = None,
         scheduled_at: datetime | timedelta | float | None = None,
-        connection: Connection | None = None,
+        connection: Any = None,
     ) -> list[str]:
         """Write a batch of one job in one statement; returns the ids in order."""
+        jobs = self._pending_many(job, kwargs_list, queue, priority, scheduled_at)
+        if jobs:
+            call = self.middleware.enqueue_call(self._writer)
+            await call(EnqueueContext(jobs, batch=True, connection=connection))
+        return [j.id for j in jobs]
+
+    def enqueue_sync(
+        self,
+        job: str | Callable[..., Any],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: Any = None,
+        **kwargs: Any,
+    ) -> str:
+        """:meth:`enqueue` for code without an event loop (a Django or Flask view, a script):
+        the same checks, middlewares and result, blocking until the row is written. Safe from
+        any number of threads. ``connection=``: a psycopg, psycopg2, SQLAlchemy ``Session`` or
+        Django connection, whose transaction the row joins (:mod:`soniq.connections`)."""
+        refuse_in_event_loop("enqueue")
+        spec = self._spec_of(job)
+        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
+        if spec.unique is not None:
+            pending.unique = key_for(spec.name, spec.unique, kwargs, None)
+        self._sync.enqueue([pending], False, connection, self._test_writer())
+        return pending.id
+
+    def enqueue_many_sync(
+        self,
+        job: str | Callable[..., Any],
+        kwargs_list: Iterable[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        scheduled_at: datetime | timedelta | float | None = None,
+        connection: Any = None,
+    ) -> list[str]:
+        """:meth:`enqueue_many` for code without an event loop (see :meth:`enqueue_sync`)."""
+        refuse_in_event_loop("enqueue_many")
+        jobs = self._pending_many(job, kwargs_list, queue, priority, scheduled_at)
+        if jobs:
+            self._sync.enqueue(jobs, True, connection, self._test_writer())
+        return [j.id for j in jobs]
+
+    def set_sync_connection(self, factory: Callable[[], Any] | None) -> None:
+        """Make ``enqueue_sync`` without ``connection=`` write with ``factory()``'s connection
+        (called per enqueue, on the calling thread), so enqueues join the framework's current
+        transaction: the Django contrib passes Django's connection; with Flask-SQLAlchemy,
+        ``lambda: db.session``. None: Soniq's own connections again."""
+        self._sync.default_connection = factory
+
+    def _pending_many(
+        self,
+        job: str | Callable[..., Any],
+        kwargs_list: Iterable[Mapping[str, Any]],
+        queue: str | None,
+        priority: int | None,
+        scheduled_at: datetime | timedelta | float | None,
+    ) -> list[PendingJob]:
         spec = self._spec_of(job)
         queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         jobs = []
@@ -339,16 +433,16 @@ class Soniq(ManagesJobs):
             if spec.unique is not None:
                 pending.unique = key_for(spec.name, spec.unique, args, None)
             jobs.append(pending)
-        if jobs:
-            call = self.middleware.enqueue_call(self._writer)
-            await call(EnqueueContext(jobs, batch=True, connection=connection))
-        return [j.id for j in jobs]
+        return jobs
 
     def _spec_of(self, job: str | Callable[..., Any]) -> JobSpec:
         if isinstance(job, str):
             return self.registry.spec(job)
         for spec in self.registry:
             if spec.func is job:
+                return spec
+        for spec in self.registry:  # registered wrapped (soniq.contrib.django's sync jobs)
+            if getattr(spec.func, "__wrapped__", None) is job:
                 return spec
         raise JobArgumentsError(
             f"{getattr(job, '__qualname__', job)!r} is not a registered job; decorate it with "
@@ -365,6 +459,10 @@ class Soniq(ManagesJobs):
     ) -> PendingJob:
         queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
         return PendingJob(new_job_id(), spec, queue_, spec.bind(kwargs), priority_, at, delay)
+
+    def _test_writer(self) -> EnqueueNext | None:
+        """The writer soniq.testing set, if any (enqueue_sync runs the chain into it)."""
+        return None if self._writer is self._write_call else self._writer
 
     @property
     def writer(self) -> EnqueueNext:
@@ -478,6 +576,19 @@ class Soniq(ManagesJobs):
 
 # The rule of an enqueue(dedup_key=...) for a job declared without one.
 _UNIQUE = Unique()
+
+# Settings the store is built from (see Soniq.configure).
+_CONNECTION_SETTINGS = (
+    "database_url",
+    "data_dir",
+    "pool_min_size",
+    "pool_max_size",
+    "connect_timeout",
+    "command_timeout",
+    "db_schema",
+    "pgbouncer",
+    "listen_database_url",
+)
 
 
 def _placement(

@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from .schema import lock_key
+
 if TYPE_CHECKING:
     import asyncpg
 
@@ -32,7 +34,8 @@ class FleetRole:
         if not isinstance(name, str) or not name:
             raise ValueError(f"A fleet role needs a non-empty name, not {name!r}")
         self.name = name
-        self.key = role_key(name)
+        # Apps in different schemas are different fleets.
+        self.key = lock_key(role_key(name), store.schema)
         self._store = store
         self._conn: asyncpg.Connection[Any] | None = None
 

@@ -39,7 +39,8 @@ class EnqueueContext:
 
     jobs: list[PendingJob]
     batch: bool
-    connection: Connection | None = None
+    #: The caller's connection (``connection=``), of any driver :mod:`soniq.connections` takes.
+    connection: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
 

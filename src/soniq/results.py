@@ -21,6 +21,9 @@ from .errors import JobCancelled, JobFailed, JobNotFound
 from .store import CONNECTION_ERRORS, Store
 from .store_admin import AdminStore, Outcome
 
+# How often a waiter that cannot LISTEN (PgBouncer, no listen_database_url) reads its job.
+_POLL_S = 0.25
+
 
 class ResultWaiter:
     def __init__(self, store: Store, admin: AdminStore) -> None:
@@ -37,8 +40,11 @@ class ResultWaiter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         marked = False
+        # Behind PgBouncer without a direct URL no LISTEN is possible: the waiter polls.
+        listens = self._store.listens
         while True:
-            await self._listening()
+            if listens:
+                await self._listening()
             woken: asyncio.Future[None] = loop.create_future()
             self._waiting.setdefault(job_id, set()).add(woken)
             try:
@@ -60,13 +66,15 @@ class ResultWaiter:
                         f"{outcome.status} (attempt {outcome.attempts})"
                     )
                 try:
-                    await asyncio.wait_for(woken, left)
+                    await asyncio.wait_for(woken, left if listens else min(left, _POLL_S))
                 except asyncio.TimeoutError:
+                    if not listens and loop.time() < deadline:
+                        continue  # read it again
                     raise TimeoutError(
                         f"Job {job_id} did not finish within {timeout:g}s; it is "
                         f"{outcome.status} (attempt {outcome.attempts})"
                     ) from None
-                if self._conn is None:
+                if listens and self._conn is None:
                     marked = False  # the connection dropped: mark again on the new one
             finally:
                 waiters = self._waiting.get(job_id)
@@ -85,7 +93,7 @@ class ResultWaiter:
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return
-            conn = await self._store.connect()
+            conn = await self._store.connect_listener()
             try:
                 conn.add_termination_listener(self._lost)
                 await conn.add_listener(sql.RESULTS_CHANNEL, self._notified)

@@ -9,20 +9,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigurationError
+from .schema import check_name
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SONIQ_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="SONIQ_", extra="forbid", frozen=True, populate_by_name=True
+    )
 
     database_url: str | None = Field(
         None, description="PostgreSQL URL; unset means an embedded server under data_dir."
     )
     data_dir: Path | None = Field(
         None, description="Where the embedded PostgreSQL keeps its data (per-user default)."
+    )
+    # ``schema`` as Soniq's keyword and SONIQ_SCHEMA; the field has another name because
+    # pydantic models have a ``schema`` attribute of their own.
+    db_schema: str | None = Field(
+        None,
+        validation_alias=AliasChoices("soniq_schema"),
+        description="PostgreSQL schema of Soniq's tables (e.g. 'jobs'), so that apps sharing a "
+        "database keep apart; None: wherever the connection's search_path finds them.",
+    )
+    pgbouncer: bool = Field(
+        False,
+        description="Soniq reaches PostgreSQL through PgBouncer in transaction mode: it keeps no "
+        "prepared statement or session setting across transactions and takes no session "
+        "advisory lock; workers LISTEN on listen_database_url, or poll without it.",
+    )
+    listen_database_url: str | None = Field(
+        None,
+        description="A URL that reaches PostgreSQL directly (not through PgBouncer), for the "
+        "workers' LISTEN connection when pgbouncer is on; unset: workers poll "
+        "(poll_interval).",
     )
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(10, ge=1)
@@ -73,6 +96,11 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     log_format: Literal["json", "text"] = "text"
 
+    @field_validator("db_schema")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value)
+
     @property
     def heartbeat_interval(self) -> float:
         # Three beats per lease: one lost beat never costs a live worker its jobs.
@@ -82,6 +110,8 @@ class Settings(BaseSettings):
 def load_settings(overrides: dict[str, Any]) -> Settings:
     """Build settings, turning validation failures into one readable error."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if "schema" in given:
+        given["db_schema"] = given.pop("schema")
     unknown = sorted(set(given) - set(Settings.model_fields))
     if unknown:
         known = ", ".join(sorted(Settings.model_fields))

@@ -23,6 +23,20 @@ SCHEDULES_CHANNEL = "soniq_schedules"
 # "queues" says a queue was paused, resumed or limited, so workers read soniq_queues again.
 CONTROL_CHANNEL = "soniq_control"
 
+# With Soniq(schema=...), these names are qualified with the schema in every statement, and
+# these NOTIFY channels get the schema's name appended (soniq.schema): list each table and type
+# a migration creates, and each channel (tests/test_schema_option.py checks the tables).
+SCHEMA_NAMES = (
+    "soniq_jobs",
+    "soniq_workers",
+    "soniq_schema_version",
+    "soniq_job_status",
+    "soniq_schedules",
+    "soniq_schedule_fires",
+    "soniq_queues",
+)
+CHANNELS = (NOTIFY_CHANNEL, RESULTS_CHANNEL, SCHEDULES_CHANNEL, CONTROL_CHANNEL)
+
 # Each entry migrates from version ``index`` to ``index + 1``.
 MIGRATIONS: list[str] = [
     f"""
@@ -333,6 +347,11 @@ READ_VERSION = "SELECT coalesce(max(version), 0) FROM soniq_schema_version"
 RECORD_VERSION = "INSERT INTO soniq_schema_version (version) VALUES ($1)"
 
 LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock($1)"
+
+# Soniq(schema=...): the schema (its name checked by soniq.schema.check_name), and bare names
+# in the migrations resolved into it for the migration's transaction only.
+CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+SET_LOCAL_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
 
 # ---------------------------------------------------------------------------------------------
 # Enqueue. scheduled_at: an absolute time ($7) wins, else now() + delay seconds ($8), both
@@ -1128,3 +1147,7 @@ WHERE unique_until IS NOT NULL OR cancel_requested_at IS NOT NULL
 """
 )
 TIME_SHIFTS.append("UPDATE soniq_queues SET refilled_at = refilled_at - make_interval(secs => $1)")
+
+# Behind PgBouncer (transaction mode), the fleet role's lock is taken in a transaction its
+# holder keeps open (see Store.hold_advisory_lock).
+TRY_ADVISORY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1)"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -19,10 +20,13 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 
 from . import sql
+from .connections import ASYNCPG, Adapter, adapter_for, refused_data, wrong_side
 from .database import mask_url
-from .errors import DatabaseUnavailable, JobArgumentsError, SchemaError
+from .errors import DatabaseUnavailable, SchemaError
+from .insert_sql import insert_statement, unstorable
 from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
+from .schema import connection_class, lock_key, qualify
 
 if TYPE_CHECKING:
     from .control_store import ControlStore
@@ -75,8 +79,14 @@ class Store:
         max_size: int,
         connect_timeout: float,
         command_timeout: float,
+        schema: str | None = None,
+        pgbouncer: bool = False,
+        listen_url: str | None = None,
     ) -> None:
         self._resolve_url = resolve_url
+        #: The PostgreSQL schema of Soniq's tables; None: wherever the search_path finds them.
+        self.schema = schema
+        self._resolve_lock = threading.Lock()
         self.url: str | None = None
         self.display_url = "<not connected yet>"
         self._min_size = min_size
@@ -87,6 +97,13 @@ class Store:
         self._claim_pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._pool_lock = asyncio.Lock()
         self._schema_checked = False
+        #: Behind PgBouncer in transaction mode: no statement is prepared for later (each one
+        #: may run on another server connection), no session setting or session lock.
+        self.pgbouncer = pgbouncer
+        self._listen_url = listen_url
+        self._options: dict[str, Any] = {"connection_class": connection_class(schema)}
+        if pgbouncer:
+            self._options["statement_cache_size"] = 0
         self._solo: asyncpg.Connection[Any] | None = None
         self._solo_busy = False
         self._solo_loop: asyncio.AbstractEventLoop | None = None
@@ -99,11 +116,27 @@ class Store:
         """The URL, starting an embedded server first if that is where it comes from."""
         if self.url is None:
             # Starting an embedded server blocks for about a second: keep the loop free.
-            url, source = await asyncio.to_thread(self._resolve_url)
-            self.url = url
-            self.display_url = mask_url(url)
-            logger.info("Soniq uses database %s (from %s)", self.display_url, source)
+            return await asyncio.to_thread(self.resolve_sync)
         return self.url
+
+    def resolve_sync(self) -> str:
+        """:meth:`resolve` for a thread without an event loop (``enqueue_sync``)."""
+        with self._resolve_lock:
+            if self.url is None:
+                url, source = self._resolve_url()
+                self.url = url
+                self.display_url = mask_url(url)
+                logger.info("Soniq uses database %s (from %s)", self.display_url, source)
+            return self.url
+
+    @property
+    def schema_checked(self) -> bool:
+        return self._schema_checked
+
+    def qualify(self, statement: str) -> str:
+        """``statement`` as it must run on a connection that is not Soniq's own (those
+        qualify what they are given: :mod:`soniq.schema`)."""
+        return qualify(statement, self.schema)
 
     # -- connections -----------------------------------------------------------------------
     async def pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -140,7 +173,9 @@ class Store:
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 reset=_rollback_only,
-                server_settings=settings,
+                # PgBouncer refuses startup settings; its sessions are anyone's anyway.
+                server_settings=None if self.pgbouncer else settings,
+                **self._options,
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
@@ -150,10 +185,33 @@ class Store:
         url = await self.resolve()
         try:
             return await asyncpg.connect(
-                url, timeout=self.connect_timeout, command_timeout=self.command_timeout
+                url,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+                **self._options,
             )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
+
+    @property
+    def listens(self) -> bool:
+        """Whether workers can LISTEN: not through PgBouncer unless a direct URL is set."""
+        return not self.pgbouncer or self._listen_url is not None
+
+    async def connect_listener(self) -> asyncpg.Connection[Any]:
+        """A dedicated connection for LISTEN (on the direct URL behind PgBouncer)."""
+        if self._listen_url is None:
+            return await self.connect()
+        try:
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                self._listen_url, timeout=self.connect_timeout, **self._options
+            )
+            return conn
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(
+                f"Cannot reach PostgreSQL at {mask_url(self._listen_url)} "
+                f"(listen_database_url): {type(exc).__name__}: {exc}"
+            ) from exc
 
     def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         return DatabaseUnavailable(
@@ -194,7 +252,13 @@ class Store:
         """Create or migrate the tables; returns the number of migrations applied."""
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(sql.LOCK_MIGRATIONS, sql.MIGRATION_LOCK_KEY)
+            # First the lock: two setups creating the same schema at once would collide.
+            await conn.execute(sql.LOCK_MIGRATIONS, lock_key(sql.MIGRATION_LOCK_KEY, self.schema))
+            if self.schema is not None:
+                # Whatever a migration creates by a bare name (an index, a function) lands in
+                # the schema; the tables are named qualified anyway.
+                await conn.execute(sql.CREATE_SCHEMA.format(schema=self.schema))
+                await conn.execute(sql.SET_LOCAL_SEARCH_PATH, self.schema)
             await conn.execute(sql.CREATE_VERSION_TABLE)
             version = await conn.fetchval(sql.READ_VERSION)
             applied = 0
@@ -213,7 +277,11 @@ class Store:
         if conn is None:
             version = await self.fetchval(sql.CURRENT_VERSION)
         else:
-            version = await conn.fetchval(sql.CURRENT_VERSION)
+            version = await conn.fetchval(self.qualify(sql.CURRENT_VERSION))
+        self.judge_version(version)
+
+    def judge_version(self, version: int | None) -> None:
+        """Raise unless ``version`` (read with ``sql.CURRENT_VERSION``) is the one needed."""
         if version is None:
             raise SchemaError(f"The Soniq tables do not exist in {self.display_url}; {SETUP_HINT}")
         if version < sql.SCHEMA_VERSION:
@@ -229,84 +297,52 @@ class Store:
         self._schema_checked = True
 
     # -- enqueue ---------------------------------------------------------------------------
-    async def insert(self, jobs: Sequence[PendingJob], conn: Connection | None) -> None:
+    async def insert(self, jobs: Sequence[PendingJob], conn: Any) -> None:
+        query, args = insert_statement(jobs)
+        if conn is not None:
+            adapter = adapter_for(conn)
+            if adapter is not ASYNCPG:
+                await self._insert_with(adapter, conn, jobs, query, args)
+                return
         if not self._schema_checked:
             await self.check_schema(conn)
-        query: str
-        args: tuple[Any, ...]
-        if len(jobs) == 1 and jobs[0].schedule is not None:
-            query, args = sql.INSERT_SCHEDULED_JOB, _scheduled_args(jobs[0])
-        elif len(jobs) == 1 and _ready_plain(jobs[0]):
-            j = jobs[0]
-            query = sql.INSERT_READY_JOB
-            args = (
-                j.id,
-                j.spec.name,
-                j.queue,
-                j.args_json,
-                j.priority,
-                j.spec.max_attempts,
-            )
-        elif len(jobs) == 1:
-            j = jobs[0]
-            query = sql.INSERT_JOB
-            args = (
-                j.id,
-                j.spec.name,
-                j.queue,
-                j.args_json,
-                j.priority,
-                j.spec.max_attempts,
-                j.scheduled_at,
-                j.delay_s,
-                json.dumps(j.trace_context) if j.trace_context else None,
-            )
-        elif _uniform(jobs):
-            j = jobs[0]
-            query = sql.INSERT_UNIFORM_JOBS
-            args = (
-                [j.id for j in jobs],
-                [j.args_json for j in jobs],
-                [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
-                j.spec.name,
-                j.queue,
-                j.priority,
-                j.spec.max_attempts,
-                j.scheduled_at,
-                j.delay_s,
-            )
-        else:
-            query = sql.INSERT_JOBS
-            args = (
-                [j.id for j in jobs],
-                [j.spec.name for j in jobs],
-                [j.queue for j in jobs],
-                [j.args_json for j in jobs],
-                [j.priority for j in jobs],
-                [j.spec.max_attempts for j in jobs],
-                [j.scheduled_at for j in jobs],
-                [j.delay_s for j in jobs],
-                [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
-            )
         try:
             if conn is not None:
-                await conn.execute(query, *args)
+                await conn.execute(self.qualify(query), *args)
             else:
                 await self._execute(query, args)
         except BAD_DATA_ERRORS as exc:
-            names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
-            raise JobArgumentsError(
-                f"Job {names} cannot be stored: {exc}. Strings may not contain NUL characters "
-                f"(\\x00) or unpaired surrogates, and priority is a 32-bit integer"
-            ) from None
+            raise unstorable(jobs, exc) from None
         except CONNECTION_ERRORS as exc:
             if conn is not None:
                 raise  # the caller's own connection: theirs to handle
             raise self.unavailable(exc) from exc
 
+    async def _insert_with(
+        self,
+        adapter: Adapter,
+        conn: Any,
+        jobs: Sequence[PendingJob],
+        query: str,
+        args: tuple[Any, ...],
+    ) -> None:
+        """Write with a caller's connection of another driver (psycopg, SQLAlchemy)."""
+        if not adapter.is_async:
+            raise wrong_side(adapter, sync_call=False)
+        if not self._schema_checked:
+            self.judge_version(await adapter.fetchval(conn, self.qualify(sql.CURRENT_VERSION), ()))
+        try:
+            await adapter.execute(conn, self.qualify(query), args)
+        except Exception as exc:
+            if refused_data(exc):
+                raise unstorable(jobs, exc) from None
+            raise  # the caller's connection: theirs to handle
+
     async def _execute(self, query: str, args: tuple[Any, ...]) -> None:
         """Run an enqueue statement on Soniq's own connections."""
-        if self._solo_busy or self._max_size < 2:
+        # Behind PgBouncer the kept connection's prepared statements and statement_timeout
+        # would live on whichever server connection it last had: the pool it is.
+        if self._solo_busy or self._max_size < 2 or self.pgbouncer:
             pool = await self.pool()
             await pool.execute(query, *args, timeout=self.command_timeout)
             return
@@ -351,7 +387,9 @@ class Store:
     async def _connect_solo(self) -> asyncpg.Connection[Any]:
         url = await self.resolve()
         try:
-            conn = await asyncpg.connect(url, timeout=self.connect_timeout, command_timeout=None)
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(
+                url, timeout=self.connect_timeout, command_timeout=None, **self._options
+            )
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
         try:
@@ -424,14 +462,26 @@ class Store:
         pool = await self.pool()
         try:
             async with pool.acquire(timeout=self.connect_timeout) as probe:
-                if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, key):
-                    return None
-                await probe.fetchval(sql.ADVISORY_UNLOCK, key)
+                if self.pgbouncer:
+                    async with probe.transaction():
+                        if not await probe.fetchval(sql.TRY_ADVISORY_XACT_LOCK, key):
+                            return None
+                else:
+                    if not await probe.fetchval(sql.TRY_ADVISORY_LOCK, key):
+                        return None
+                    await probe.fetchval(sql.ADVISORY_UNLOCK, key)
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
         conn = await self.connect()
         try:
-            won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, key)
+            if self.pgbouncer:
+                # PgBouncer hands a session to other clients between transactions, so a session
+                # lock would outlive this client on a stranger's session. A transaction left
+                # open keeps its server connection, and its lock, until this connection closes.
+                await conn.execute("BEGIN")
+                won = await conn.fetchval(sql.TRY_ADVISORY_XACT_LOCK, key)
+            else:
+                won = await conn.fetchval(sql.TRY_ADVISORY_LOCK, key)
         except BaseException:
             conn.terminate()
             raise
@@ -464,34 +514,6 @@ class Store:
         tables = [r[0] for r in await self.fetch(sql.DATA_TABLES)]
         if tables:
             await self.fetch(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
-
-
-def _scheduled_args(j: PendingJob) -> tuple[Any, ...]:
-    return (
-        j.id,
-        j.spec.name,
-        j.queue,
-        j.args_json,
-        j.priority,
-        j.spec.max_attempts,
-        j.scheduled_at,
-        j.delay_s,
-        json.dumps(j.trace_context) if j.trace_context else None,
-        j.schedule,
-        j.fire_time,
-    )
-
-
-def _ready_plain(job: PendingJob) -> bool:
-    """Ready now and without trace context: the column defaults are right for it."""
-    return job.scheduled_at is None and job.delay_s == 0.0 and not job.trace_context
-
-
-def _uniform(jobs: Sequence[PendingJob]) -> bool:
-    """Whether every job shares the first one's name, queue, priority and schedule."""
-    first = jobs[0]
-    key = (first.spec, first.queue, first.priority, first.scheduled_at, first.delay_s)
-    return all((j.spec, j.queue, j.priority, j.scheduled_at, j.delay_s) == key for j in jobs)
 
 
 async def _rollback_only(conn: asyncpg.Connection[Any]) -> None:

@@ -169,10 +169,13 @@ class Worker:
 
                 self.schedules = ScheduleRunner(self.app, self.id)
                 self._background = [
-                    asyncio.create_task(self._liveness.listen(), name="soniq-listen"),
                     asyncio.create_task(self._liveness.heartbeat(), name="soniq-heartbeat"),
                     asyncio.create_task(self.schedules.run(), name="soniq-schedules"),
                 ]
+                if self._db.listens:  # else (PgBouncer, no direct URL): poll_interval
+                    self._background.append(
+                        asyncio.create_task(self._liveness.listen(), name="soniq-listen")
+                    )
             await self._control.refresh()  # before the first claim: a paused queue stays so
             await self._loop()
         finally:

@@ -155,6 +155,11 @@ class WorkerStore:
             sql.DEREGISTER_WORKER, self.worker_id, timeout=self._store.command_timeout
         )
 
+    @property
+    def listens(self) -> bool:
+        """Whether LISTEN is possible (not behind PgBouncer without a direct URL)."""
+        return self._store.listens
+
     async def listen(
         self,
         on_notify: Callable[[object], None],
@@ -164,7 +169,7 @@ class WorkerStore:
         """A dedicated connection listening for new jobs; ``on_notify`` gets each payload.
         ``on_schedules`` is called when a schedule changes (soniq.schedules); ``on_control``
         gets each payload of the job-control channel (cancel requests, queue controls)."""
-        conn = await self._store.connect()
+        conn = await self._store.connect_listener()
         try:
             listening = ListenConnection(conn, self._store.connect_timeout)
             await conn.add_listener(

@@ -21,10 +21,20 @@ def required() -> bool:
     return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+# Where Debian puts daemons (pgbouncer), which a non-root user's PATH lacks.
+_SBIN = os.pathsep.join(("/usr/local/sbin", "/usr/sbin", "/sbin"))
+
+
+def find_program(name: str) -> str | None:
+    """The path of program ``name``: on PATH, else in the sbin folders."""
+    return shutil.which(name) or shutil.which(name, path=_SBIN)
+
+
 def require_program(name: str, package: str) -> str:
-    """The path of program ``name``; skip the calling test (or fixture) if it is not on PATH,
-    naming the Debian ``package`` that provides it, or fail when CI requires every program."""
-    found = shutil.which(name)
+    """The path of program ``name``; skip the calling test (or fixture) if it is not on PATH
+    (or in an sbin folder), naming the Debian ``package`` that provides it, or fail when CI
+    requires every program."""
+    found = find_program(name)
     if found:
         return found
     reason = (

@@ -1,0 +1,1 @@
+"""Framework contribs that need more than a function: :mod:`soniq.contrib.django`."""

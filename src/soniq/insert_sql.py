@@ -1,0 +1,111 @@
+"""The statement that writes a batch of pending jobs, chosen by its shape, and the error for a
+value the database refused. Shared by the async store and ``enqueue_sync`` (which runs it on
+psycopg connections, in its ``%s`` form)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from . import sql
+from .errors import JobArgumentsError
+from .jobs import PendingJob
+
+
+def _scheduled_args(j: PendingJob) -> tuple[Any, ...]:
+    return (
+        j.id,
+        j.spec.name,
+        j.queue,
+        j.args_json,
+        j.priority,
+        j.spec.max_attempts,
+        j.scheduled_at,
+        j.delay_s,
+        json.dumps(j.trace_context) if j.trace_context else None,
+        j.schedule,
+        j.fire_time,
+    )
+
+
+def insert_statement(jobs: Sequence[PendingJob]) -> tuple[str, tuple[Any, ...]]:
+    """The statement that writes ``jobs`` and its arguments (``$n`` placeholders)."""
+    query: str
+    args: tuple[Any, ...]
+    if len(jobs) == 1 and jobs[0].schedule is not None:
+        query, args = sql.INSERT_SCHEDULED_JOB, _scheduled_args(jobs[0])
+    elif len(jobs) == 1 and _ready_plain(jobs[0]):
+        j = jobs[0]
+        query = sql.INSERT_READY_JOB
+        args = (
+            j.id,
+            j.spec.name,
+            j.queue,
+            j.args_json,
+            j.priority,
+            j.spec.max_attempts,
+        )
+    elif len(jobs) == 1:
+        j = jobs[0]
+        query = sql.INSERT_JOB
+        args = (
+            j.id,
+            j.spec.name,
+            j.queue,
+            j.args_json,
+            j.priority,
+            j.spec.max_attempts,
+            j.scheduled_at,
+            j.delay_s,
+            json.dumps(j.trace_context) if j.trace_context else None,
+        )
+    elif _uniform(jobs):
+        j = jobs[0]
+        query = sql.INSERT_UNIFORM_JOBS
+        args = (
+            [j.id for j in jobs],
+            [j.args_json for j in jobs],
+            [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
+            j.spec.name,
+            j.queue,
+            j.priority,
+            j.spec.max_attempts,
+            j.scheduled_at,
+            j.delay_s,
+        )
+    else:
+        query = sql.INSERT_JOBS
+        args = (
+            [j.id for j in jobs],
+            [j.spec.name for j in jobs],
+            [j.queue for j in jobs],
+            [j.args_json for j in jobs],
+            [j.priority for j in jobs],
+            [j.spec.max_attempts for j in jobs],
+            [j.scheduled_at for j in jobs],
+            [j.delay_s for j in jobs],
+            [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
+        )
+    return query, args
+
+
+def unstorable(jobs: Sequence[PendingJob], exc: BaseException) -> JobArgumentsError:
+    """The error for a value PostgreSQL refused (``exc``, whatever the driver)."""
+    names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
+    return JobArgumentsError(
+        f"Job {names} cannot be stored: {exc}. Strings may not contain NUL characters "
+        f"(\\x00) or unpaired surrogates, and priority is a 32-bit integer"
+    )
+
+
+def _ready_plain(job: PendingJob) -> bool:
+    """Ready now and without trace context: the column defaults are right for it."""
+    return job.scheduled_at is None and job.delay_s == 0.0 and not job.trace_context
+
+
+def _uniform(jobs: Sequence[PendingJob]) -> bool:
+    """Whether every job shares the first one's name, queue, priority and schedule."""
+    first = jobs[0]
+    key = (first.spec, first.queue, first.priority, first.scheduled_at, first.delay_s)
+    return all((j.spec, j.queue, j.priority, j.scheduled_at, j.delay_s) == key for j in jobs)
