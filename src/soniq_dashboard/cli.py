@@ -41,8 +41,7 @@ def command(app_path: str, host: str, port: int, actions: bool, trace_url: str |
         from . import create_app
     except ImportError as exc:
         raise click.ClickException(
-            f"the dashboard needs its extra ({exc.name} is missing): "
-            "pip install 'soniq[dashboard]'"
+            f"the dashboard needs its extra ({exc.name} is missing): pip install 'soniq[dashboard]'"
         ) from None
     from soniq import SoniqError
     from soniq.cli import load_app
