@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import filters, views
+from . import data, filters, views
 
 if TYPE_CHECKING:
     from .state import Dashboard
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 async def overview(request: Request) -> Response:
     d = _dashboard(request)
-    queues = await d.app.queue_overview()
     stats = await d.app.job_stats(window=3600)
+    queues = await data.queue_rows(d.app, data.per_queue_minute(list(stats)))
     workers = await d.app.list_workers()
     return d.render(
         request,
@@ -74,7 +74,7 @@ async def schedules(request: Request) -> Response:
 
 async def queues(request: Request) -> Response:
     d = _dashboard(request)
-    return d.render(request, "queues", queues=await d.app.queue_overview())
+    return d.render(request, "queues", queues=await data.queue_rows(d.app))
 
 
 async def workers(request: Request) -> Response:
