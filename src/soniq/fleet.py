@@ -28,9 +28,9 @@ class JobStats(TypedDict):
     """One job name of one queue over the window.
 
     ``done`` and ``dead_lettered`` count jobs enqueued in the window that have ended, from
-    the newest ``sample`` of each (``exact`` is False when the window held more done jobs than
-    that, and ``per_minute`` is then extrapolated from the sample's own span). Run time and queue wait
-    percentiles (seconds) come from jobs that ran once; None when there were none.
+    the newest ``sample`` of each. ``exact`` is False when the window held more done jobs
+    than that, and ``per_minute`` is then extrapolated from the sample's own span. Run time
+    and queue wait percentiles (seconds) come from jobs that ran once; None when none did.
     """
 
     queue: str
