@@ -44,7 +44,7 @@ def command(app_path: str, host: str, port: int, actions: bool, trace_url: str |
             f"the dashboard needs its extra ({exc.name} is missing): pip install 'soniq[dashboard]'"
         ) from None
     from soniq import SoniqError
-    from soniq.cli import load_app
+    from soniq.cli_common import load_app
 
     app = load_app(app_path)
     try:

@@ -4,6 +4,7 @@ needs, none of which counts the whole table."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ async def queue_rows(
     return [{"queue": name, **row} for name, row in sorted(rows.items())]
 
 
-def per_queue_minute(stats: list[dict[str, Any]]) -> dict[str, float]:
+def per_queue_minute(stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for s in stats:
         out[s["queue"]] += s["per_minute"]

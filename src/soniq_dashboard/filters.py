@@ -30,7 +30,8 @@ class JobFilters:
     created_after: datetime | None = None
     created_before: datetime | None = None
     limit: int = 50
-    before: str | None = None  # keyset cursor: the id of the last job on the previous page
+    # Keyset cursor: the creation time and id of the last job on the previous page.
+    after: tuple[datetime, str] | None = None
 
     @property
     def args_text(self) -> str:
@@ -112,10 +113,28 @@ def job_filters(params: QueryParams, *, fixed_status: str | None = None) -> JobF
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
             raise BadFilter(f"limit={limit!r}: give a whole number from 1 to {MAX_PAGE}")
         f.limit = int(limit)
-    f.before = _text(params, "before")
-    if f.before:
-        job_id(f.before, what="before")
+    cursor = _text(params, "after")
+    if cursor:
+        f.after = parse_cursor(cursor)
     return f
+
+
+def cursor_of(job: dict[str, Any]) -> str:
+    """The URL form of a page's last job, for the link to the next page."""
+    return f"{job['created_at'].isoformat()}~{job['id']}"
+
+
+def parse_cursor(value: str) -> tuple[datetime, str]:
+    when, _, jid = value.partition("~")
+    try:
+        created = datetime.fromisoformat(when)
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is None or not jid:
+        raise BadFilter(
+            f"after={value!r} is not a page cursor; follow the page's 'Older jobs' link"
+        )
+    return created, job_id(jid, what="after")
 
 
 def job_id(value: str, *, what: str = "job id") -> str:

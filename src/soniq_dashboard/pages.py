@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 async def overview(request: Request) -> Response:
     d = _dashboard(request)
     stats = await d.app.job_stats(window=3600)
-    queues = await data.queue_rows(d.app, data.per_queue_minute(list(stats)))
+    queues = await data.queue_rows(d.app, data.per_queue_minute(stats))
     workers = await d.app.list_workers()
     return d.render(
         request,

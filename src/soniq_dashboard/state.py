@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from . import views
-from .filters import JobFilters
+from .filters import JobFilters, cursor_of
 from .security import CSRF_COOKIE, CSRF_FIELD, FLASH_COOKIE, Credentials, new_csrf_token
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ class Dashboard:
     async def page(self, f: JobFilters) -> tuple[list[dict[str, Any]], str | None]:
         """One page of jobs, newest first, and the cursor of the next page (keyset paging:
         each page costs the same however deep it is)."""
-        rows = await self.app.list_jobs(**f.api_filters(), limit=f.limit + 1, before=f.before)
-        more = len(rows) > f.limit
-        rows = rows[: f.limit]
-        return rows, (rows[-1]["id"] if more and rows else None)
+        after = None if f.after is None else {"created_at": f.after[0], "id": f.after[1]}
+        found = await self.app.list_jobs(**f.api_filters(), limit=f.limit + 1, after=after)
+        rows: list[dict[str, Any]] = [dict(job) for job in found[: f.limit]]
+        more = len(found) > f.limit
+        return rows, (cursor_of(rows[-1]) if more and rows else None)
