@@ -710,7 +710,7 @@ LIMIT 20
 _JOB_COLUMNS = """
 id::text AS id, job_name, args::text AS args, status::text AS status, attempts, max_attempts,
 queue, priority, scheduled_at, last_error, traceback, result::text AS result, created_at,
-started_at, finished_at, worker_id, errors::text AS errors
+started_at, finished_at, worker_id, errors::text AS errors, trace_context::text AS trace_context
 """
 
 # The shape get_job, list_jobs and the dead-letter listing return (see docs/managing-jobs.md).

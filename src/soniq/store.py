@@ -559,6 +559,8 @@ def job_row_to_dict(row: asyncpg.Record) -> JobInfo:
     out["result"] = json.loads(out["result"]) if out["result"] is not None else None
     out["status"] = JobStatus(out["status"])
     out["errors"] = parse_errors(out.get("errors"))
+    tc = out.get("trace_context")
+    out["trace_context"] = json.loads(tc) if tc else None
     return cast(JobInfo, out)
 
 
