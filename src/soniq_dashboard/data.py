@@ -29,7 +29,7 @@ async def queue_rows(
         row[count.state] = count.jobs
         if count.oldest_ready_age_s is not None:
             row["oldest_ready_age_s"] = count.oldest_ready_age_s
-    for control in await app.list_queues():
+    for control in await app.queues():
         row = rows[control.name]
         row["paused"] = control.paused
         row["limit"] = control.concurrency
