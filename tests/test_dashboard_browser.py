@@ -121,7 +121,7 @@ async def test_the_dashboard_in_a_browser(app: Soniq, served: str, browser: Any)
 
     # Filter the jobs by queue.
     await page.goto(served + "/jobs")
-    await page.get_by_label("Queue").fill("reports")
+    await page.get_by_label("Queue", exact=True).fill("reports")
     await page.get_by_role("button", name="Filter").click()
     await page.wait_for_url("**/jobs?*queue=reports*")
     assert await page.locator("tr[data-job-id]").count() == 4

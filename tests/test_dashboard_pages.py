@@ -99,7 +99,7 @@ async def test_job_page_shows_attempts_redacted_args_and_trace_link(
     page = await client.get(f"/jobs/{job_id}")
     assert page.status_code == 200
     assert "hunter2" not in page.text and "***" in page.text
-    assert "ValueError: no mailbox for broken@example.com" in page.text
+    assert "ValueError: no mailbox for broken@example.com</summary>" in page.text
     assert "Traceback (most recent call last)" in page.text  # the attempt's, as stored
     job = await app.get_job(job_id)
     assert job is not None and job["trace_context"]
@@ -164,3 +164,27 @@ async def test_schedules_and_workers_pages(app: Soniq, client: httpx.AsyncClient
     assert schedule is not None and schedule["paused"] is True
     workers = await client.get("/workers")
     assert workers.status_code == 200 and "No workers" in workers.text
+
+
+async def test_the_mounted_example_serves_the_dashboard_under_its_prefix(
+    clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    monkeypatch.setenv("SONIQ_DATABASE_URL", clean_db)
+    monkeypatch.delenv("SONIQ_DASHBOARD_PASSWORD", raising=False)
+    monkeypatch.delenv("SONIQ_DASHBOARD_TOKEN", raising=False)
+    example = importlib.import_module("examples.dashboard_mount")
+    example = importlib.reload(example)
+    transport = httpx.ASGITransport(app=example.web)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://site.test") as c:
+            job_id = (await c.get("/signup", params={"email": "a@example.com"})).json()["job_id"]
+            page = await c.get(f"/soniq/jobs/{job_id}")
+            assert page.status_code == 200
+            assert "a@example.com" in page.text and "blue" not in page.text  # redacted
+            assert 'href="/soniq/static/dashboard.css"' in page.text  # links keep the prefix
+            overview = await c.get("/soniq/")
+            assert 'href="/soniq/jobs?queue=emails"' in overview.text
+    finally:
+        await example.soniq.close()
