@@ -54,6 +54,10 @@ async def run(jobs: int) -> None:
     admin = admin_url()
     url = await create_database(admin, "dashboard")
     app = Soniq(url)
+
+    @app.job(name="app.task_1")
+    async def task(**_: object) -> None: ...
+
     try:
         await app.setup()
         pool = await app.pool()

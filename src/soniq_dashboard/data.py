@@ -13,11 +13,9 @@ if TYPE_CHECKING:
 _STATES = ("ready", "scheduled", "processing", "dead_letter")
 
 
-async def queue_rows(
-    app: Soniq, per_minute: dict[str, float] | None = None
-) -> list[dict[str, Any]]:
+async def queue_rows(app: Soniq) -> list[dict[str, Any]]:
     """One row per queue: live counts by state, the oldest ready job's age, paused and limit
-    (from the queue controls), and jobs done per minute over the last hour when given."""
+    (from the queue controls)."""
     state = await app.queue_state()
     rows: dict[str, dict[str, Any]] = defaultdict(
         lambda: (
@@ -33,8 +31,6 @@ async def queue_rows(
         row = rows[control.name]
         row["paused"] = control.paused
         row["limit"] = control.concurrency
-    for queue, rate in (per_minute or {}).items():
-        rows[queue]["per_minute"] = rate
     return [{"queue": name, **row} for name, row in sorted(rows.items())]
 
 
@@ -43,3 +39,8 @@ def per_queue_minute(stats: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     for s in stats:
         out[s["queue"]] += s["per_minute"]
     return dict(out)
+
+
+def with_rates(rows: list[dict[str, Any]], per_minute: dict[str, float]) -> list[dict[str, Any]]:
+    """The queue rows with the jobs each did per minute over the last hour."""
+    return [{**row, "per_minute": per_minute.get(row["queue"], 0.0)} for row in rows]
