@@ -18,7 +18,7 @@ from tests.support.programs import REQUIRE_ENV, require_program
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every test that runs a program from a Debian package, and that package.
-PROGRAMS = {"prometheus": "prometheus", "promtool": "prometheus"}
+PROGRAMS = {"prometheus": "prometheus", "promtool": "prometheus", "chromium": "chromium"}
 PROGRAM_TESTS = [
     "tests/test_deploy_configs.py::test_promtool_accepts_the_config_and_the_rules",
     "tests/test_deploy_configs.py::test_alert_rules_fire_as_their_unit_tests_say",
@@ -29,6 +29,7 @@ PROGRAM_TESTS = [
     "tests/test_deploy_metrics.py::test_a_real_prometheus_stores_exemplars_that_name_a_trace",
     "tests/test_prom_worker.py::test_worker_process_endpoint_counts_the_jobs_it_ran",
     "tests/test_prom_worker.py::test_prometheus_server_scrapes_a_worker_and_answers_queries",
+    "tests/test_dashboard_browser.py::test_the_dashboard_in_a_browser",
 ]
 
 
@@ -83,9 +84,12 @@ def test_without_the_programs_those_tests_skip_naming_the_package(tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
     assert counts == {"skipped": len(PROGRAM_TESTS)}, result.stdout
     skips = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert len(skips) >= 2  # one line per distinct reason: promtool, prometheus
+    assert len(skips) >= 3  # one line per distinct reason: promtool, prometheus, chromium
     for line in skips:
-        assert "install the Debian package 'prometheus' (apt-get install prometheus" in line
+        program = re.search(r"'([\w-]+)' is not on PATH", line)
+        assert program, line
+        package = PROGRAMS[program.group(1)]
+        assert f"install the Debian package '{package}' (apt-get install {package}" in line
 
 
 def test_under_ci_s_variable_those_tests_fail_instead(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from .control import (
 )
 from .database import resolve_url
 from .errors import ConfigurationError, JobArgumentsError
+from .fleet import JobStats, WorkerInfo
 from .fleet_role import FleetRole
 from .hooks import Hooks
 from .instrumentation import instrument
@@ -529,6 +530,25 @@ class Soniq(ManagesJobs):
     async def queue_status(self) -> list[dict[str, Any]]:
         """Per queue: counts by status and the age in seconds of the oldest ready job."""
         return await self._store.queue_status()
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Every worker row: id, host, pid, concurrency, queues, start, last beat, and whether
+        it beat within its lease (``alive``)."""
+        return await self._store.list_workers(self.settings.lease_seconds)
+
+    async def job_stats(
+        self, window: float | timedelta = 3600, *, sample: int = 20_000
+    ) -> list[JobStats]:
+        """Per queue and job name, the jobs that ended in the last ``window`` (seconds): how
+        many were done and dead-lettered, jobs per minute, run time p50/p95 and queue wait p50.
+        At most ``sample`` of the newest finished jobs of each state are read, so it stays
+        cheap on a busy table (see :class:`soniq.fleet.JobStats`)."""
+        seconds = window.total_seconds() if isinstance(window, timedelta) else float(window)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ConfigurationError(f"window must be a positive number of seconds, not {window!r}")
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+            raise ConfigurationError(f"sample must be a positive integer, not {sample!r}")
+        return await self._store.job_stats(seconds, sample)
 
     async def queue_state(self) -> QueueState:
         """Jobs per queue and state (ready, scheduled, processing, dead_letter), the age of the

@@ -448,5 +448,33 @@ cli.add_command(schedules)
 cli.add_command(queues)
 
 
+def add_plugin_commands(group: click.Group) -> None:
+    """Subcommands that live in optional packages (``soniq dashboard``), declared in the
+    ``soniq.commands`` entry-point group, so the core imports none of them. One whose extra
+    is not installed still shows, and says what to install."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="soniq.commands"):
+        if ep.name in group.commands:
+            continue
+        try:
+            command = ep.load()
+        except ImportError as exc:
+            command = _missing_extra(ep.name, exc)
+        group.add_command(command, ep.name)
+
+
+def _missing_extra(name: str, exc: ImportError) -> click.Command:
+    @click.command(name, help=f"(needs: pip install 'soniq[{name}]')")
+    def missing() -> None:
+        raise click.ClickException(
+            f"`soniq {name}` needs its extra ({exc.name or exc} is missing): "
+            f"pip install 'soniq[{name}]'"
+        )
+
+    return missing
+
+
 def main() -> None:
+    add_plugin_commands(cli)
     cli()

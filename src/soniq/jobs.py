@@ -289,3 +289,6 @@ class JobInfo(TypedDict):
     finished_at: datetime | None
     worker_id: str | None
     errors: list[ErrorEntry]  # every failed attempt, oldest first (docs/managing-jobs.md)
+    # The W3C trace context the job carries (its enqueue's, or its last attempt's span for the
+    # next attempt to link), e.g. {"traceparent": "00-<trace id>-<span id>-01"}; None untraced.
+    trace_context: dict[str, str] | None

@@ -68,11 +68,14 @@ class ManagesJobs:
         created_before: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: Mapping[str, Any] | None = None,
     ) -> list[JobInfo]:
         """Jobs newest first (by creation), each shaped like ``get_job``'s. ``status`` is one
         state or several; ``args_contains`` a dict the job's arguments contain (jsonb @>);
         ``created_after`` (inclusive) and ``created_before`` aware datetimes. For more than a
-        page, ``iter_jobs`` costs the same per page at any depth; a large ``offset`` does not."""
+        page, ``iter_jobs`` costs the same per page at any depth; a large ``offset`` does not.
+        ``after`` (the last job of the previous page, or any mapping with its ``created_at``
+        and ``id``) pages by keyset too: the jobs listed after that one."""
         job_filter = make_filter(
             queue=queue,
             status=status,
@@ -82,7 +85,7 @@ class ManagesJobs:
             created_before=created_before,
         )
         check_limit(limit, offset)
-        return await self._admin.list_jobs(job_filter, limit, offset)
+        return await self._admin.list_jobs(job_filter, limit, offset, after=_keyset(after))
 
     def iter_jobs(
         self,
@@ -198,6 +201,18 @@ class ManagesJobs:
     async def _close_management(self) -> None:
         if self._manager_parts is not None:
             await self._manager_parts[1].close()
+
+
+def _keyset(after: Mapping[str, Any] | None) -> tuple[datetime, str] | None:
+    if after is None:
+        return None
+    created_at = after.get("created_at") if isinstance(after, Mapping) else None
+    if not isinstance(created_at, datetime) or created_at.tzinfo is None:
+        raise ConfigurationError(
+            f"after= must be a job from the previous page (a mapping with an aware "
+            f"created_at datetime and an id), not {after!r}"
+        )
+    return created_at, parse_job_id(str(after.get("id")))
 
 
 def _adapter(result_model: Any) -> Any:

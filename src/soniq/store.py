@@ -24,6 +24,7 @@ from .connections import ASYNCPG, Adapter, adapter_for, refused_data, wrong_side
 from .database import mask_url
 from .errors import DatabaseUnavailable, SchemaError
 from .insert_sql import insert_statement, unstorable
+from .fleet import JobStats, WorkerInfo
 from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
 from .schema import connection_class, lock_key, qualify
@@ -451,6 +452,31 @@ class Store:
         return [dict(r) for r in await self.fetch(sql.QUEUE_STATUS)]
 
     # -- for plugins, public through Soniq.queue_state and Soniq.fleet_role ------------------
+    async def list_workers(self, lease_seconds: float) -> list[WorkerInfo]:
+        rows = await self.fetch(sql.LIST_WORKERS, lease_seconds)
+        return [WorkerInfo(**dict(r)) for r in rows]  # type: ignore[typeddict-item]
+
+    async def job_stats(self, window_s: float, sample: int) -> list[JobStats]:
+        rows = await self.fetch(sql.JOB_STATS, window_s, sample)
+        out: list[JobStats] = []
+        for r in rows:
+            exact = r["sampled"] < sample
+            span = window_s if exact else max(1.0, r["sampled_s"] or window_s)
+            out.append(
+                JobStats(
+                    queue=r["queue"],
+                    job_name=r["job_name"],
+                    done=r["done"],
+                    dead_lettered=r["dead_lettered"],
+                    per_minute=60.0 * r["done"] / span,
+                    exact=exact,
+                    run_p50_s=r["run_p50_s"],
+                    run_p95_s=r["run_p95_s"],
+                    wait_p50_s=r["wait_p50_s"],
+                )
+            )
+        return out
+
     async def queue_state(self, lease_seconds: float) -> QueueState:
         return QueueState.from_rows(await self.fetch(sql.QUEUE_METRICS, lease_seconds))
 
@@ -533,6 +559,8 @@ def job_row_to_dict(row: asyncpg.Record) -> JobInfo:
     out["result"] = json.loads(out["result"]) if out["result"] is not None else None
     out["status"] = JobStatus(out["status"])
     out["errors"] = parse_errors(out.get("errors"))
+    tc = out.get("trace_context")
+    out["trace_context"] = json.loads(tc) if tc else None
     return cast(JobInfo, out)
 
 
