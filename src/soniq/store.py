@@ -23,8 +23,8 @@ from . import sql
 from .connections import ASYNCPG, Adapter, adapter_for, refused_data, wrong_side
 from .database import mask_url
 from .errors import DatabaseUnavailable, SchemaError
-from .insert_sql import insert_statement, unstorable
 from .fleet import JobStats, WorkerInfo
+from .insert_sql import insert_statement, unstorable
 from .jobs import ErrorEntry, JobInfo, JobStatus, PendingJob
 from .queue_state import QueueState
 from .schema import connection_class, lock_key, qualify
