@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from soniq import SchemaError, Soniq, sql
+from soniq import SchemaError, Soniq, migrations, sql
 
 
 async def test_setup_creates_tables_and_is_idempotent(empty_database_url: str) -> None:
@@ -118,7 +118,7 @@ async def test_migrating_an_older_schema_keeps_every_job(empty_database_url: str
     try:
         async with conn.transaction():
             await conn.execute(sql.CREATE_VERSION_TABLE)
-            for version, migration in enumerate(sql.MIGRATIONS[:2], start=1):
+            for version, migration in enumerate(migrations.MIGRATIONS[:2], start=1):
                 await conn.execute(migration)
                 await conn.execute(sql.RECORD_VERSION, version)
         states = ["queued", "processing", "done", "dead_letter", "cancelled"]

@@ -11,6 +11,7 @@ from soniq import ConfigurationError, Soniq
 
 GET_JOB_KEYS = {
     "id",
+    "trace_context",
     "job_name",
     "args",
     "status",

@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from soniq import ConfigurationError, SchemaError, Soniq, sql
+from soniq import ConfigurationError, SchemaError, Soniq, migrations, sql
 from soniq.schema import channel, qualify
 from tests.support.waiting import running_worker, wait_status, wait_until
 
@@ -149,7 +149,7 @@ async def test_migrating_a_schema_keeps_its_jobs(empty_database_url: str) -> Non
     try:
         await conn.execute("CREATE SCHEMA keep; SET search_path TO keep")
         await conn.execute(sql.CREATE_VERSION_TABLE)
-        await conn.execute(sql.MIGRATIONS[0])
+        await conn.execute(migrations.MIGRATIONS[0])
         await conn.execute(sql.RECORD_VERSION, 1)
         await conn.execute(
             "INSERT INTO soniq_jobs (id, job_name, queue, args, max_attempts) "
@@ -226,7 +226,7 @@ async def test_connection_settings_change_only_before_connecting(
 
 def test_every_table_and_type_the_migrations_create_is_qualified() -> None:
     created = set()
-    for migration in sql.MIGRATIONS:
+    for migration in migrations.MIGRATIONS:
         created |= set(
             re.findall(
                 r"CREATE (?:TABLE|TYPE)(?: IF NOT EXISTS)? (soniq_\w+)", migration, re.IGNORECASE
@@ -235,7 +235,7 @@ def test_every_table_and_type_the_migrations_create_is_qualified() -> None:
     assert created, "the pattern no longer finds the CREATE statements"
     missing = created - set(sql.SCHEMA_NAMES)
     assert not missing, f"add {sorted(missing)} to sql.SCHEMA_NAMES"
-    for migration in sql.MIGRATIONS:
+    for migration in migrations.MIGRATIONS:
         for name in created:
             # No bare use of a table or type is left in a qualified migration.
             assert not re.search(rf"(?<![\w.]){name}\b(?!:)", qualify(migration, "s")), name

@@ -7,9 +7,7 @@ It stays thin: SQL lives in :mod:`soniq.sql` behind :class:`soniq.store.Store`, 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -19,16 +17,10 @@ import asyncpg
 
 from .backoff import Backoff, as_backoff
 from .control import (
-    QueueControl,
-    check_limit,
     check_max_snoozes,
-    check_queue_name,
-    check_rate,
 )
 from .database import resolve_url
 from .errors import ConfigurationError, JobArgumentsError
-from .fleet import JobStats, WorkerInfo
-from .fleet_role import FleetRole
 from .hooks import Hooks
 from .instrumentation import instrument
 from .job_filters import job_id as parse_job_id
@@ -36,7 +28,9 @@ from .jobs import JobInfo
 from .logs.failures import FailureLogMiddleware
 from .management import ManagesJobs
 from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
-from .queue_state import QueueState
+from .operations import OperatesQueues
+from .placement import new_job_id as new_job_id
+from .placement import place
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
@@ -50,7 +44,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Soniq(ManagesJobs):
+class Soniq(ManagesJobs, OperatesQueues):
     """A job queue in PostgreSQL.
 
     ``database_url`` comes from the argument, else ``SONIQ_DATABASE_URL``, else an embedded
@@ -417,7 +411,7 @@ class Soniq(ManagesJobs):
         scheduled_at: datetime | timedelta | float | None,
     ) -> list[PendingJob]:
         spec = self._spec_of(job)
-        queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
+        queue_, priority_, at, delay = place(spec, queue, priority, scheduled_at)
         jobs = []
         items = kwargs_list if isinstance(kwargs_list, Sequence) else list(kwargs_list)
         rand = os.urandom(10 * len(items)).hex()
@@ -458,7 +452,7 @@ class Soniq(ManagesJobs):
         priority: int | None,
         scheduled_at: datetime | timedelta | float | None,
     ) -> PendingJob:
-        queue_, priority_, at, delay = _placement(spec, queue, priority, scheduled_at)
+        queue_, priority_, at, delay = place(spec, queue, priority, scheduled_at)
         return PendingJob(new_job_id(), spec, queue_, spec.bind(kwargs), priority_, at, delay)
 
     def _test_writer(self) -> EnqueueNext | None:
@@ -488,80 +482,17 @@ class Soniq(ManagesJobs):
     # -- inspection and operations ---------------------------------------------------------
     async def get_job(self, job_id: str) -> JobInfo | None:
         """The job's row as a dict (:class:`soniq.jobs.JobInfo`), or None if no such job."""
-        return await self._store.get_job(_uuid(job_id))
+        return await self._store.get_job(parse_job_id(job_id))
 
     async def list_dead_letters(self, limit: int = 100) -> list[JobInfo]:
         return await self._store.dead_letters(limit)
 
     async def retry_dead_letter(self, job_id: str) -> bool:
         """Put a dead-lettered job back in its queue with fresh attempts."""
-        return bool(await self._store.retry_dead_letters([_uuid(job_id)]))
+        return bool(await self._store.retry_dead_letters([parse_job_id(job_id)]))
 
     async def retry_all_dead_letters(self) -> list[str]:
         return await self._store.retry_dead_letters(None)
-
-    # -- queue controls (stored in the database, for the whole fleet) ----------------------
-    async def pause_queue(self, name: str) -> QueueControl:
-        """Stop every worker claiming from ``name`` (within a second); running jobs finish and
-        enqueues still work."""
-        return await self._store.control.set_queue(check_queue_name(name), paused=True)
-
-    async def resume_queue(self, name: str) -> QueueControl:
-        return await self._store.control.set_queue(check_queue_name(name), paused=False)
-
-    async def set_queue_limit(self, name: str, limit: int | None) -> QueueControl:
-        """At most ``limit`` jobs of ``name`` running at once across all workers (None: no
-        limit)."""
-        return await self._store.control.set_queue(
-            check_queue_name(name), concurrency=check_limit(limit), set_concurrency=True
-        )
-
-    async def set_queue_rate(self, name: str, per_second: float | None) -> QueueControl:
-        """At most ``per_second`` jobs of ``name`` started per second across all workers, with
-        up to one second's worth at once (None: no rate limit)."""
-        return await self._store.control.set_queue(
-            check_queue_name(name), rate=check_rate(per_second), set_rate=True
-        )
-
-    async def queues(self) -> list[QueueControl]:
-        """Every queue that has (or had) a control: paused, limit, rate."""
-        return await self._store.control.list_queues()
-
-    async def queue_status(self) -> list[dict[str, Any]]:
-        """Per queue: counts by status and the age in seconds of the oldest ready job."""
-        return await self._store.queue_status()
-
-    async def list_workers(self) -> list[WorkerInfo]:
-        """Every worker row: id, host, pid, concurrency, queues, start, last beat, and whether
-        it beat within its lease (``alive``)."""
-        return await self._store.list_workers(self.settings.lease_seconds)
-
-    async def job_stats(
-        self, window: float | timedelta = 3600, *, sample: int = 20_000
-    ) -> list[JobStats]:
-        """Per queue and job name, the jobs that ended in the last ``window`` (seconds): how
-        many were done and dead-lettered, jobs per minute, run time p50/p95 and queue wait p50.
-        At most ``sample`` of the newest finished jobs of each state are read, so it stays
-        cheap on a busy table (see :class:`soniq.fleet.JobStats`)."""
-        seconds = window.total_seconds() if isinstance(window, timedelta) else float(window)
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise ConfigurationError(f"window must be a positive number of seconds, not {window!r}")
-        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
-            raise ConfigurationError(f"sample must be a positive integer, not {sample!r}")
-        return await self._store.job_stats(seconds, sample)
-
-    async def queue_state(self) -> QueueState:
-        """Jobs per queue and state (ready, scheduled, processing, dead_letter), the age of the
-        oldest ready job, and the live workers. One cheap statement that never reads finished
-        rows, made to be polled (the Prometheus gauges read it); ``queue_status`` counts every
-        status, finished ones included, for people."""
-        return await self._store.queue_state(self.settings.lease_seconds)
-
-    def fleet_role(self, name: str) -> FleetRole:
-        """A role that at most one process of the fleet (every app on this database) holds at
-        a time, e.g. the one reporter of fleet-wide gauges: ``await role.try_take()``, then
-        ``role.held``, ``await role.release()``. See :class:`soniq.fleet_role.FleetRole`."""
-        return FleetRole(self._store, name)
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, **options: Any) -> Worker:
@@ -609,59 +540,3 @@ _CONNECTION_SETTINGS = (
     "pgbouncer",
     "listen_database_url",
 )
-
-
-def _placement(
-    spec: JobSpec,
-    queue: str | None,
-    priority: int | None,
-    scheduled_at: datetime | timedelta | float | None,
-) -> tuple[str, int, datetime | None, float]:
-    """Queue, priority, absolute time and delay for jobs of ``spec``, checked once per call."""
-    if queue is not None and (not isinstance(queue, str) or not queue):
-        raise ConfigurationError(f"queue must be a non-empty string, not {queue!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise ConfigurationError(f"priority must be an int (lower runs first), not {priority!r}")
-    at, delay = _when(scheduled_at)
-    return queue or spec.queue, spec.priority if priority is None else priority, at, delay
-
-
-def new_job_id(rand: str | None = None) -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, the version, 74 random bits.
-
-    Ids sort by creation time, so each new row and each new row version lands on the right-most
-    pages of the primary key instead of a random page: fewer pages touched and written per job.
-    ``rand`` is 20 random hex digits (a batch reads them from the OS in one call).
-    """
-    millis = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
-    if rand is None:
-        rand = os.urandom(10).hex()
-    # version nibble 7; the variant takes the top two bits of the fourth group (10xx)
-    return f"{millis[:8]}-{millis[8:]}-7{rand[:3]}-{_VARIANT[rand[3]]}{rand[4:7]}-{rand[7:19]}"
-
-
-# A random hex digit -> the same digit with its top two bits set to the RFC 9562 variant (10).
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-
-
-def _when(value: datetime | timedelta | float | None) -> tuple[datetime | None, float]:
-    if value is None:
-        return None, 0.0
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ConfigurationError(
-                f"scheduled_at={value!r} has no timezone; pass an aware datetime "
-                f"(e.g. datetime.now(timezone.utc) + timedelta(minutes=5)), a timedelta or seconds"
-            )
-        return value, 0.0
-    if isinstance(value, timedelta):
-        return None, value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return None, float(value)
-    raise ConfigurationError(
-        f"scheduled_at must be an aware datetime, a timedelta or a number of seconds, not {value!r}"
-    )
-
-
-def _uuid(job_id: str) -> str:
-    return parse_job_id(job_id)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import sql
+from . import sql_control
 from .control import CancelResult, QueueControl
 from .errors import DuplicateJob, JobArgumentsError, SoniqError
 from .jobs import ClaimedJob
@@ -89,13 +89,15 @@ class ControlStore:
     async def _settle_unique(self, conn: Any, jobs: list[PendingJob]) -> None:
         pending = jobs
         for _ in range(_UNIQUE_ROUNDS):
-            rows = await conn.fetch(sql.INSERT_UNIQUE_JOBS, *_unique_arrays(pending))
+            rows = await conn.fetch(sql_control.INSERT_UNIQUE_JOBS, *_unique_arrays(pending))
             written = {r[0] for r in rows}
             left = [j for j in pending if j.id not in written]
             if not left:
                 return
             keys = [_key(j) for j in left]
-            holders = {r["unique_key"]: r for r in await conn.fetch(sql.UNIQUE_HOLDERS, keys)}
+            holders = {
+                r["unique_key"]: r for r in await conn.fetch(sql_control.UNIQUE_HOLDERS, keys)
+            }
             again: list[PendingJob] = []
             stale: list[str] = []
             replace: list[PendingJob] = []
@@ -117,12 +119,12 @@ class ControlStore:
                 else:
                     job.id, job.deduplicated = holder["id"], True
             if stale:
-                await conn.execute(sql.UNIQUE_CLEAR_STALE, stale)
+                await conn.execute(sql_control.UNIQUE_CLEAR_STALE, stale)
             if replace:
                 done = {
                     r[0]: r[1]
                     for r in await conn.fetch(
-                        sql.UNIQUE_REPLACE,
+                        sql_control.UNIQUE_REPLACE,
                         [_key(j) for j in replace],
                         [j.args_json for j in replace],
                         [j.scheduled_at for j in replace],
@@ -146,7 +148,7 @@ class ControlStore:
 
     # -- cancel and snooze -----------------------------------------------------------------
     async def cancel_job(self, job_id: str) -> CancelResult:
-        rows = await self._store.fetch(sql.CANCEL_JOB, job_id)
+        rows = await self._store.fetch(sql_control.CANCEL_JOB, job_id)
         if not rows:
             return CancelResult.NOT_FOUND
         status = rows[0]["status"]
@@ -160,10 +162,10 @@ class ControlStore:
         """Running jobs of ``worker_id`` asked to stop; on ``conn`` (the heartbeat's own) when
         given, so a busy pool never delays a beat."""
         if conn is None:
-            rows = await self._store.fetch(sql.CANCEL_REQUESTED, worker_id)
+            rows = await self._store.fetch(sql_control.CANCEL_REQUESTED, worker_id)
         else:
             rows = await conn.fetch(
-                sql.CANCEL_REQUESTED, worker_id, timeout=self._store.command_timeout
+                sql_control.CANCEL_REQUESTED, worker_id, timeout=self._store.command_timeout
             )
         return [r[0] for r in rows]
 
@@ -179,7 +181,7 @@ class ControlStore:
     ) -> str | None:
         """Put a running job back snoozed; its new status, or None if it is no longer ours."""
         rows = await self._store.fetch(
-            sql.SNOOZE_JOB,
+            sql_control.SNOOZE_JOB,
             job_id,
             worker_id,
             seconds,
@@ -192,10 +194,10 @@ class ControlStore:
     # -- queues ----------------------------------------------------------------------------
     async def queue_controls(self) -> list[QueueControl]:
         """Queues with a control in force (what workers keep in view)."""
-        return [_control(r) for r in await self._store.fetch(sql.QUEUE_CONTROLS)]
+        return [_control(r) for r in await self._store.fetch(sql_control.QUEUE_CONTROLS)]
 
     async def list_queues(self) -> list[QueueControl]:
-        return [_control(r) for r in await self._store.fetch(sql.LIST_QUEUES)]
+        return [_control(r) for r in await self._store.fetch(sql_control.LIST_QUEUES)]
 
     async def set_queue(
         self,
@@ -208,7 +210,7 @@ class ControlStore:
         set_rate: bool = False,
     ) -> QueueControl:
         rows = await self._store.fetch(
-            sql.SET_QUEUE_CONTROL,
+            sql_control.SET_QUEUE_CONTROL,
             name,
             paused,
             concurrency,
@@ -228,7 +230,7 @@ class ControlStore:
         pool = await self._store.claim_pool()
         try:
             rows: list[ClaimedJob] = await pool.fetch(
-                sql.CLAIM_LIMITED,
+                sql_control.CLAIM_LIMITED,
                 worker_id,
                 queue,
                 names,

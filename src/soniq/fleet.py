@@ -1,8 +1,8 @@
 """The fleet as people look at it: the workers, and what finished in the last window.
 
 Read by the dashboard and the CLI through :meth:`soniq.Soniq.list_workers` and
-:meth:`soniq.Soniq.job_stats`; the statements are :data:`soniq.sql.LIST_WORKERS` and
-:data:`soniq.sql.JOB_STATS`, run by the store.
+:meth:`soniq.Soniq.job_stats`; the statements are :data:`soniq.sql_fleet.LIST_WORKERS` and
+:data:`soniq.sql_fleet.JOB_STATS`, run by the store.
 """
 
 from __future__ import annotations

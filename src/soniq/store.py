@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
-from . import sql
+from . import migrations, sql, sql_fleet
 from .connections import ASYNCPG, Adapter, adapter_for, refused_data, wrong_side
 from .database import mask_url
 from .errors import DatabaseUnavailable, SchemaError
@@ -269,7 +269,7 @@ class Store:
             version = await conn.fetchval(sql.READ_VERSION)
             applied = 0
             for target in range(version + 1, sql.SCHEMA_VERSION + 1):
-                await conn.execute(sql.MIGRATIONS[target - 1])
+                await conn.execute(migrations.MIGRATIONS[target - 1])
                 await conn.execute(sql.RECORD_VERSION, target)
                 applied += 1
         self._schema_checked = True
@@ -458,11 +458,11 @@ class Store:
 
     # -- for plugins, public through Soniq.queue_state and Soniq.fleet_role ------------------
     async def list_workers(self, lease_seconds: float) -> list[WorkerInfo]:
-        rows = await self.fetch(sql.LIST_WORKERS, lease_seconds)
+        rows = await self.fetch(sql_fleet.LIST_WORKERS, lease_seconds)
         return [WorkerInfo(**dict(r)) for r in rows]  # type: ignore[typeddict-item]
 
     async def job_stats(self, window_s: float, sample: int) -> list[JobStats]:
-        rows = await self.fetch(sql.JOB_STATS, window_s, sample)
+        rows = await self.fetch(sql_fleet.JOB_STATS, window_s, sample)
         out: list[JobStats] = []
         for r in rows:
             exact = r["sampled"] < sample

@@ -4,7 +4,7 @@ A unique job is written with a key (its job name and its arguments, or a key of 
 The database holds at most one live row per key (a partial unique index), so the rule holds
 across every producer and transaction. A row keeps blocking its key while its status is one of
 ``states`` and ``within`` has not passed since it was enqueued; the next enqueue that meets a
-holder no longer covered takes the key from it (see ``sql.INSERT_UNIQUE_JOBS``).
+holder no longer covered takes the key from it (see ``sql_control.INSERT_UNIQUE_JOBS``).
 """
 
 from __future__ import annotations

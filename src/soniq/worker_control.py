@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from . import sql
+from . import sql, sql_control
 from .control import QueueControl, Snooze
 from .errors import DatabaseUnavailable
 from .jobs import FinishedAttempt, JobStatus, Outcome
@@ -44,7 +44,7 @@ class ControlView:
         self.poll_cap: float | None = None
         self._excluded: frozenset[str] = frozenset()
         base = sql.QUEUE_FILTER_ALL if queues is None else sql.QUEUE_FILTER_MANY
-        self._filter = base + sql.QUEUE_FILTER_UNCONTROLLED
+        self._filter = base + sql_control.QUEUE_FILTER_UNCONTROLLED
         self._sql: tuple[str, str] | None = None
 
     @property

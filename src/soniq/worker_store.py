@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import sql
+from . import sql, sql_control
 from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, LostJob, StartedAttempt
 
 if TYPE_CHECKING:
@@ -261,6 +261,6 @@ class LivenessConnection:
         """This worker's running jobs that app.cancel_job asked to stop (for a worker whose
         LISTEN missed the NOTIFY)."""
         rows = await self._conn.fetch(
-            sql.CANCEL_REQUESTED, self._store.worker_id, timeout=self._store.command_timeout
+            sql_control.CANCEL_REQUESTED, self._store.worker_id, timeout=self._store.command_timeout
         )
         return [r[0] for r in rows]

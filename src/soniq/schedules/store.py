@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from .. import sql
+from .. import sql_schedules
 from ..errors import SchemaError
 from ..store import CONNECTION_ERRORS, SETUP_HINT, Store
 from .spec import ScheduleSpec
@@ -63,10 +63,10 @@ class ScheduleStore:
         timetable of an unchanged one (``app.scheduler.add`` of an existing name)."""
         changed: list[str] = []
         async with self.transaction() as conn:
-            now: datetime = await conn.fetchval(sql.DB_NOW)
+            now: datetime = await conn.fetchval(sql_schedules.DB_NOW)
             for spec in specs:
                 hit = await conn.fetchval(
-                    sql.UPSERT_SCHEDULE,
+                    sql_schedules.UPSERT_SCHEDULE,
                     spec.name,
                     spec.job_name,
                     spec.cron,
@@ -85,29 +85,29 @@ class ScheduleStore:
                 )
                 if hit:
                     changed.append(spec.name)
-                    await conn.execute(sql.NOTIFY_SCHEDULES, spec.name)
+                    await conn.execute(sql_schedules.NOTIFY_SCHEDULES, spec.name)
         return changed
 
     async def set_worker_job_names(self, worker_id: str, names: Sequence[str]) -> None:
-        await self.fetch(sql.SET_WORKER_JOB_NAMES, worker_id, list(names))
+        await self.fetch(sql_schedules.SET_WORKER_JOB_NAMES, worker_id, list(names))
 
     # -- reading -----------------------------------------------------------------------------
     async def worker_schedules(self, job_names: Sequence[str]) -> list[Row]:
-        return await self.fetch(sql.WORKER_SCHEDULES, list(job_names))
+        return await self.fetch(sql_schedules.WORKER_SCHEDULES, list(job_names))
 
     async def list(self, lease_seconds: float) -> list[Row]:
-        return await self.fetch(sql.LIST_SCHEDULES, lease_seconds)
+        return await self.fetch(sql_schedules.LIST_SCHEDULES, lease_seconds)
 
     async def get(self, name: str, lease_seconds: float) -> Row | None:
-        rows = await self.fetch(sql.GET_SCHEDULE, lease_seconds, name)
+        rows = await self.fetch(sql_schedules.GET_SCHEDULE, lease_seconds, name)
         return rows[0] if rows else None
 
     # -- operations --------------------------------------------------------------------------
     async def pause(self, name: str) -> bool:
         async with self.transaction() as conn:
-            hit = await conn.fetchval(sql.PAUSE_SCHEDULE, name)
+            hit = await conn.fetchval(sql_schedules.PAUSE_SCHEDULE, name)
             if hit:
-                await conn.execute(sql.NOTIFY_SCHEDULES, name)
+                await conn.execute(sql_schedules.NOTIFY_SCHEDULES, name)
         return bool(hit)
 
     async def resume(self, name: str) -> bool:
@@ -115,35 +115,35 @@ class ScheduleStore:
         from .spec import spec_from_row
 
         async with self.transaction() as conn:
-            row = await conn.fetchrow(sql.LOCK_SCHEDULE, name)
+            row = await conn.fetchrow(sql_schedules.LOCK_SCHEDULE, name)
             if row is None:
                 return False
             await conn.execute(
-                sql.RESUME_SCHEDULE, name, next_fire(spec_from_row(row), row["db_now"])
+                sql_schedules.RESUME_SCHEDULE, name, next_fire(spec_from_row(row), row["db_now"])
             )
-            await conn.execute(sql.NOTIFY_SCHEDULES, name)
+            await conn.execute(sql_schedules.NOTIFY_SCHEDULES, name)
         return True
 
     async def remove(self, name: str) -> bool:
         async with self.transaction() as conn:
-            hit = await conn.fetchval(sql.REMOVE_SCHEDULE, name)
+            hit = await conn.fetchval(sql_schedules.REMOVE_SCHEDULE, name)
             if hit:
-                await conn.execute(sql.NOTIFY_SCHEDULES, name)
+                await conn.execute(sql_schedules.NOTIFY_SCHEDULES, name)
         return bool(hit)
 
     async def trigger_from_row(self, name: str, job_id: str) -> str | None:
         """One job now from the stored schedule alone (no app code needed)."""
-        rows = await self.fetch(sql.TRIGGER_FROM_ROW, name, job_id)
+        rows = await self.fetch(sql_schedules.TRIGGER_FROM_ROW, name, job_id)
         return rows[0][0] if rows else None
 
     async def state(self) -> tuple[ScheduleState, ...]:
-        rows = await self.fetch(sql.SCHEDULE_METRICS)
+        rows = await self.fetch(sql_schedules.SCHEDULE_METRICS)
         return tuple(ScheduleState(*row) for row in rows)
 
     # -- firing (inside ``transaction()``) ---------------------------------------------------
     @staticmethod
     async def lock(conn: Connection, name: str) -> Row | None:
-        return await conn.fetchrow(sql.LOCK_SCHEDULE, name)
+        return await conn.fetchrow(sql_schedules.LOCK_SCHEDULE, name)
 
     @staticmethod
     async def insert_fire(
@@ -155,7 +155,9 @@ class ScheduleStore:
         worker_id: str,
     ) -> bool:
         return bool(
-            await conn.fetchval(sql.INSERT_FIRE, name, fire_time, job_id, result, worker_id)
+            await conn.fetchval(
+                sql_schedules.INSERT_FIRE, name, fire_time, job_id, result, worker_id
+            )
         )
 
     @staticmethod
@@ -171,7 +173,7 @@ class ScheduleStore:
         missed: int,
     ) -> None:
         await conn.execute(
-            sql.ADVANCE_SCHEDULE,
+            sql_schedules.ADVANCE_SCHEDULE,
             name,
             next_run_at,
             last_run_at,
@@ -181,13 +183,13 @@ class ScheduleStore:
             missed,
         )
         if last_run_at is not None:
-            await conn.execute(sql.PURGE_FIRES, name, last_run_at)
+            await conn.execute(sql_schedules.PURGE_FIRES, name, last_run_at)
 
     @staticmethod
     async def db_now(conn: Connection) -> datetime:
-        now: datetime = await conn.fetchval(sql.DB_NOW)
+        now: datetime = await conn.fetchval(sql_schedules.DB_NOW)
         return now
 
     @staticmethod
     async def set_last_job(conn: Connection, name: str, job_id: str) -> None:
-        await conn.execute(sql.SET_LAST_JOB, name, job_id)
+        await conn.execute(sql_schedules.SET_LAST_JOB, name, job_id)
