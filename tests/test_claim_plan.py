@@ -45,25 +45,3 @@ async def test_claim_walks_the_index_on_a_table_never_analyzed(empty_database_ur
         assert '"Index Name": "soniq_jobs_claim_any"' in plan
     finally:
         await app.close()
-
-
-async def test_claimed_rows_are_updated_by_address_on_an_analyzed_table(
-    empty_database_url: str,
-) -> None:
-    """With statistics, a large claim's UPDATE by row address was planned as a hash join over
-    a sequential scan of the whole table; the claim pool updates each row by its address."""
-    app = Soniq(empty_database_url)
-
-    @app.job(name="plan.job")
-    async def plan_job(i: int) -> None: ...
-
-    try:
-        await app.setup()
-        await app.enqueue_many("plan.job", [{"i": i} for i in range(5000)])
-        pool = await app.pool()
-        await pool.execute("ANALYZE soniq_jobs")
-        plan = await _claim_plan(app, claim_pool=True)
-        assert '"Node Type": "Tid Scan"' in plan
-        assert '"Node Type": "Seq Scan"' not in plan
-    finally:
-        await app.close()
