@@ -304,10 +304,7 @@ class Soniq(ManagesJobs, OperatesQueues):
         A unique job (``@app.job(unique=...)``, or ``dedup_key=`` for this call) that meets an
         existing one returns the existing job's id; ``enqueue_result`` says whether it did.
         """
-        spec = self._spec_of(job)
-        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
-        if spec.unique is not None or dedup_key is not None:
-            pending.unique = key_for(spec.name, spec.unique or _UNIQUE, kwargs, dedup_key)
+        pending = self._one(job, kwargs, queue, priority, scheduled_at, dedup_key)
         call = self.middleware.enqueue_call(self._writer)
         # No enqueue middleware and the database writer: no context to build (unique jobs take
         # the writer's own path, through the context).
@@ -331,10 +328,7 @@ class Soniq(ManagesJobs, OperatesQueues):
         """As ``enqueue``, returning an :class:`EnqueueResult`: the id, and whether the job was
         deduplicated (the id is then the existing job's) or replaced the existing job's
         arguments and due time (``on_conflict="replace"``)."""
-        spec = self._spec_of(job)
-        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
-        if spec.unique is not None or dedup_key is not None:
-            pending.unique = key_for(spec.name, spec.unique or _UNIQUE, kwargs, dedup_key)
+        pending = self._one(job, kwargs, queue, priority, scheduled_at, dedup_key)
         call = self.middleware.enqueue_call(self._writer)
         await call(EnqueueContext([pending], batch=False, connection=connection))
         return EnqueueResult(pending.id, pending.deduplicated, pending.replaced)
@@ -443,6 +437,23 @@ class Soniq(ManagesJobs, OperatesQueues):
             f"{getattr(job, '__qualname__', job)!r} is not a registered job; decorate it with "
             f"@app.job() on this Soniq app, or pass the job's name"
         )
+
+    def _one(
+        self,
+        job: str | Callable[..., Any],
+        kwargs: dict[str, Any],
+        queue: str | None,
+        priority: int | None,
+        scheduled_at: datetime | timedelta | float | None,
+        dedup_key: str | None,
+    ) -> PendingJob:
+        """The checked pending job of one ``enqueue``/``enqueue_result`` call, with its unique
+        key when the job (or ``dedup_key``) asks for one."""
+        spec = self._spec_of(job)
+        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
+        if spec.unique is not None or dedup_key is not None:
+            pending.unique = key_for(spec.name, spec.unique or _UNIQUE, kwargs, dedup_key)
+        return pending
 
     def _pending(
         self,
