@@ -82,7 +82,10 @@ async def test_an_idle_runner_sleeps_until_the_next_fire_without_reading_the_tab
         store.fetch = lambda *a: (calls.append("fetch"), fetch(*a))[1]  # type: ignore[method-assign]
         store.transaction = lambda: (calls.append("tx"), transaction())[1]  # type: ignore[method-assign]
         await asyncio.sleep(3)  # nothing to wait for: the point is that nothing is read
-        assert calls == []
+        # At most one read: the worker's own start-up declaration NOTIFYs every runner, and that
+        # may land after the load above (it did on a loaded CI machine), making one reload.
+        # Polling the table, even once a second, would read three times or more.
+        assert calls in ([], ["fetch"]), calls
     await app.close()
 
 
