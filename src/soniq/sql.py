@@ -258,9 +258,10 @@ claimed AS (
         attempts = j.attempts + picked.counted::int,
         started_at = CASE WHEN picked.counted THEN now() END,
         worker_id = $1
-    -- By the row's address: the row is locked, so it cannot move, and a join on id would let
-    -- the planner scan the whole table once a claim is large (it costs index lookups dear).
-    FROM picked WHERE j.ctid = picked.tid
+    -- By the row's address: the row is locked, so it cannot move. The array form is what
+    -- makes it a TID scan in every plan: a prepared statement's generic plan guesses a LIMIT
+    -- $9 claim at a tenth of the table and would hash-join it to a scan of the whole table.
+    FROM picked WHERE j.ctid = ANY(ARRAY(SELECT tid FROM picked)) AND j.ctid = picked.tid
     RETURNING {_CLAIMED_COLUMNS}
 )"""
     if not with_due:
