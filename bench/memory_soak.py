@@ -36,7 +36,7 @@ from tests.apps.jobs import build
 from tests.apps.procs import Fleet, wait_exit
 from tests.support.waiting import wait_until
 
-from soniq import sql
+from soniq import sql_liveness
 from soniq.jobs import FinishedAttempt, JobStatus
 
 MB = 1024 * 1024
@@ -176,7 +176,9 @@ async def claim(
         beat_ms = {}
         for label, queues in (("all_queues", None), ("one_queue", ["default"])):
             plan = await conn.fetchval(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + sql.UNKNOWN_READY_NAMES, queues, ["noop"]
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + sql_liveness.UNKNOWN_READY_NAMES,
+                queues,
+                ["noop"],
             )
             beat_ms[label] = round(json.loads(plan)[0]["Execution Time"], 2)
     finally:

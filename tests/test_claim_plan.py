@@ -58,9 +58,7 @@ async def _generic_claim_plan(app: Soniq) -> str:
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await conn.execute("PREPARE generic_claim AS " + ws._claim_sql)
         try:
-            plan = await conn.fetchval(
-                f"EXPLAIN (FORMAT JSON) EXECUTE generic_claim({literals})"
-            )
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE generic_claim({literals})")
         finally:
             await conn.execute("DEALLOCATE generic_claim")
         return json.dumps(json.loads(plan) if isinstance(plan, str) else plan)

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 
-from soniq import Soniq, sql
+from soniq import Soniq, sql, sql_liveness
 from tests.support.procs import soniq
 
 
@@ -80,7 +80,7 @@ async def test_lease_recovery_joins_the_history(app: Soniq, db: asyncpg.Connecti
                   ('01900000-0000-7000-8000-000000000002', 'e.x', 'default', '{}',
                    'processing', 3, 1, now(), 'gone:1:dead')"""
     )
-    recovered = await db.fetch(sql.RECOVER_LOST_JOBS, 3.0)
+    recovered = await db.fetch(sql_liveness.RECOVER_LOST_JOBS, 3.0)
     assert {r["status"] for r in recovered} == {"dead_letter", "queued"}
     exhausted = await app.get_job("01900000-0000-7000-8000-000000000001")
     again = await app.get_job("01900000-0000-7000-8000-000000000002")

@@ -23,7 +23,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from soniq import JobContext, Soniq, sql
+from soniq import JobContext, Soniq, sql, sql_liveness
 from tests.support.waiting import running_worker, wait_until
 
 
@@ -62,7 +62,7 @@ async def test_claimed_ahead_jobs_on_their_last_attempt_go_back_uncounted_and_su
 
     ids = await app.enqueue_many("job", [{"i": i} for i in range(4)])
     # A worker that claimed four jobs, one for its free slot and three ahead, then died.
-    await db.execute(sql.REGISTER_WORKER, "dead", "host", 1, None, 1)
+    await db.execute(sql_liveness.REGISTER_WORKER, "dead", "host", 1, None, 1)
     claimed = await db.fetch(
         sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
         "dead",
@@ -85,7 +85,7 @@ async def test_claimed_ahead_jobs_on_their_last_attempt_go_back_uncounted_and_su
     assert [r["attempt"] for r in claimed] == [1, 1, 1, 1]
     await db.execute("UPDATE soniq_workers SET heartbeat_at = now() - interval '1 hour'")
 
-    recovered = await db.fetch(sql.RECOVER_LOST_JOBS, 3.0)
+    recovered = await db.fetch(sql_liveness.RECOVER_LOST_JOBS, 3.0)
     assert len(recovered) == 4
     rows = {
         r["id"]: r
@@ -111,7 +111,7 @@ async def test_claimed_ahead_jobs_with_attempts_left_are_counted_when_their_work
         pass
 
     await app.enqueue_many("job", [{"i": i} for i in range(3)])
-    await db.execute(sql.REGISTER_WORKER, "dead", "host", 1, None, 1)
+    await db.execute(sql_liveness.REGISTER_WORKER, "dead", "host", 1, None, 1)
     claimed = await db.fetch(
         sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
         "dead",
@@ -133,7 +133,7 @@ async def test_claimed_ahead_jobs_with_attempts_left_are_counted_when_their_work
     assert [r["counted"] for r in claimed] == [True, False, False]
     await db.execute("UPDATE soniq_workers SET heartbeat_at = now() - interval '1 hour'")
 
-    assert len(await db.fetch(sql.RECOVER_LOST_JOBS, 3.0)) == 3
+    assert len(await db.fetch(sql_liveness.RECOVER_LOST_JOBS, 3.0)) == 3
     rows = {
         r["id"]: r
         for r in await db.fetch(

@@ -170,7 +170,7 @@ class ClaimedJob(asyncpg.Record):
         job, and a job's last attempt. If such a job killed the worker unrecorded, lease
         recovery could neither count the attempt (the job might never have started: a crash
         must not dead-letter it) nor leave it uncounted (it might be what kills workers, and
-        loop); see sql.RECOVER_LOST_JOBS."""
+        loop); see sql_liveness.RECOVER_LOST_JOBS."""
         return bool(self[13] or self[5] >= self[6])
 
 

@@ -3,9 +3,9 @@ besides: lease recovery of dead workers' jobs, removing long-dead worker rows, p
 finished jobs, and warning about waiting jobs this worker does not know.
 
 Liveness is a per-worker heartbeat row: a worker that stops beating for ``lease_seconds`` is
-dead, and any worker hands its jobs to the queue again (see ``sql.RECOVER_LOST_JOBS`` for how a
-buffered job is told from a running one). Both tasks run on dedicated connections
-(:mod:`soniq.worker_store`), outside the pool.
+dead, and any worker hands its jobs to the queue again (see
+``sql_liveness.RECOVER_LOST_JOBS`` for how a buffered job is told from a running one). Both
+tasks run on dedicated connections (:mod:`soniq.worker_store`), outside the pool.
 """
 
 from __future__ import annotations

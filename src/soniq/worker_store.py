@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import sql, sql_control
+from . import sql, sql_control, sql_liveness
 from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, LostJob, StartedAttempt
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class WorkerStore:
 
     async def _register(self, target: asyncpg.Pool[Any] | asyncpg.Connection[Any]) -> None:
         await target.execute(
-            sql.REGISTER_WORKER,
+            sql_liveness.REGISTER_WORKER,
             self.worker_id,
             socket.gethostname(),
             os.getpid(),
@@ -139,20 +139,26 @@ class WorkerStore:
         """Put back the jobs this worker holds other than ``keep``, uncounted."""
         pool = await self._store.pool()
         await pool.execute(
-            sql.RELEASE_UNTRACKED, self.worker_id, list(keep), timeout=self._store.command_timeout
+            sql_liveness.RELEASE_UNTRACKED,
+            self.worker_id,
+            list(keep),
+            timeout=self._store.command_timeout,
         )
 
     async def refund_held(self, held: Sequence[str]) -> None:
         """Refund in advance the running attempts of jobs a thread still runs at exit."""
         pool = await self._store.pool()
         await pool.execute(
-            sql.REFUND_HELD, self.worker_id, list(held), timeout=self._store.command_timeout
+            sql_liveness.REFUND_HELD,
+            self.worker_id,
+            list(held),
+            timeout=self._store.command_timeout,
         )
 
     async def deregister_worker(self) -> None:
         pool = await self._store.pool()
         await pool.execute(
-            sql.DEREGISTER_WORKER, self.worker_id, timeout=self._store.command_timeout
+            sql_liveness.DEREGISTER_WORKER, self.worker_id, timeout=self._store.command_timeout
         )
 
     @property
@@ -227,7 +233,9 @@ class LivenessConnection:
     async def beat(self, timeout: float) -> bool:
         """Beat this worker's row; False when the row is gone (removed as dead)."""
         return (
-            await self._conn.fetchval(sql.HEARTBEAT, self._store.worker_id, timeout=timeout)
+            await self._conn.fetchval(
+                sql_liveness.HEARTBEAT, self._store.worker_id, timeout=timeout
+            )
             is not None
         )
 
@@ -236,21 +244,21 @@ class LivenessConnection:
 
     async def recover_lost(self, lease_seconds: float) -> list[LostJob]:
         """Put back the jobs of workers silent for ``lease_seconds`` (see
-        sql.RECOVER_LOST_JOBS); the jobs recovered."""
+        sql_liveness.RECOVER_LOST_JOBS); the jobs recovered."""
         rows = await self._conn.fetch(
-            sql.RECOVER_LOST_JOBS, lease_seconds, timeout=self._store.command_timeout
+            sql_liveness.RECOVER_LOST_JOBS, lease_seconds, timeout=self._store.command_timeout
         )
         return [LostJob(str(r[0]), r[1], JobStatus(r[2])) for r in rows]
 
     async def delete_dead_workers(self, silent_for: float) -> None:
         await self._conn.execute(
-            sql.DELETE_DEAD_WORKERS, silent_for, timeout=self._store.command_timeout
+            sql_liveness.DELETE_DEAD_WORKERS, silent_for, timeout=self._store.command_timeout
         )
 
     async def unknown_ready_names(self) -> list[str]:
         """Job names at the head of this worker's queues that it does not know."""
         rows = await self._conn.fetch(
-            sql.UNKNOWN_READY_NAMES,
+            sql_liveness.UNKNOWN_READY_NAMES,
             self._store.queues,
             self._store.known_names,
             timeout=self._store.command_timeout,
