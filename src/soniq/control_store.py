@@ -14,9 +14,9 @@ import asyncpg
 
 from . import sql_control
 from .control import CancelResult, QueueControl
+from .db_errors import BAD_DATA_ERRORS, CONNECTION_ERRORS
 from .errors import DuplicateJob, JobArgumentsError, SoniqError
 from .jobs import ClaimedJob
-from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from .jobs import PendingJob

@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 
 from . import sql
+from .db_errors import CONNECTION_ERRORS
 from .errors import JobCancelled, JobFailed, JobNotFound
-from .store import CONNECTION_ERRORS, Store
+from .store import Store
 from .store_admin import AdminStore, Outcome
 
 # How often a waiter that cannot LISTEN (PgBouncer, no listen_database_url) reads its job.

@@ -9,7 +9,6 @@ module calls ``execute``/``fetch`` on a connection. Methods return typed values
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
@@ -22,6 +21,8 @@ import asyncpg
 from . import migrations, sql, sql_fleet
 from .connections import ASYNCPG, Adapter, adapter_for, refused_data, wrong_side
 from .database import mask_url
+from .db_errors import BAD_DATA_ERRORS, CONNECTION_ERRORS
+from .enqueue_connection import EnqueueConnection
 from .errors import DatabaseUnavailable, SchemaError
 from .fleet import JobStats, WorkerInfo
 from .insert_sql import insert_statement, unstorable
@@ -34,28 +35,6 @@ if TYPE_CHECKING:
     from .middleware import Connection
 
 logger = logging.getLogger("soniq")
-
-# Errors that mean "the server is gone or unreachable", as opposed to a bad statement.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    # Raised now and then when the server ends a session mid-statement (seen in the restart
-    # fault test, asyncpg issues #784/#1069); the pool replaces the connection by itself.
-    asyncpg.InternalClientError,
-)
-
-# The database refused a value: text with NUL or an unpaired surrogate, a number out of its
-# column's range, a value over a size limit. About the data, never the connection, so no
-# retry helps (asyncpg raises DataError for its own client-side checks too).
-BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.DataError,
-    asyncpg.ProgramLimitExceededError,
-)
-
 
 # The claim walks a partial index in (priority, scheduled_at, seq) order and stops after LIMIT
 # rows. A table the planner has no statistics for (new, and not yet reached by autovacuum)
@@ -108,12 +87,7 @@ class Store:
         self._options: dict[str, Any] = {"connection_class": connection_class(schema)}
         if pgbouncer:
             self._options["statement_cache_size"] = 0
-        self._solo: asyncpg.Connection[Any] | None = None
-        self._solo_busy = False
-        self._solo_loop: asyncio.AbstractEventLoop | None = None
-        self._solo_since = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._solo_statements: dict[str, asyncpg.prepared_stmt.PreparedStatement[Any]] = {}
+        self._solo = EnqueueConnection(self)
         self._control: ControlStore | None = None
 
     async def resolve(self) -> str:
@@ -184,14 +158,16 @@ class Store:
         except CONNECTION_ERRORS as exc:
             raise self.unavailable(exc) from exc
 
-    async def connect(self) -> asyncpg.Connection[asyncpg.Record]:
-        """A dedicated connection outside the pool (for LISTEN)."""
+    async def connect(self, *, client_timeout: bool = True) -> asyncpg.Connection[asyncpg.Record]:
+        """A dedicated connection outside the pool (for LISTEN, the enqueue connection).
+        ``client_timeout=False``: no client timer per statement (the caller has the server
+        enforce ``command_timeout`` instead)."""
         url = await self.resolve()
         try:
             return await asyncpg.connect(
                 url,
                 timeout=self.connect_timeout,
-                command_timeout=self.command_timeout,
+                command_timeout=self.command_timeout if client_timeout else None,
                 **self._options,
             )
         except CONNECTION_ERRORS as exc:
@@ -224,13 +200,7 @@ class Store:
         )
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        solo, self._solo = self._solo, None
-        if solo is not None and not solo.is_closed():
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await solo.close(timeout=self.connect_timeout)
+        await self._solo.close()
         if self._claim_pool is not None:
             claim_pool, self._claim_pool = self._claim_pool, None
             await claim_pool.close()
@@ -346,87 +316,11 @@ class Store:
         """Run an enqueue statement on Soniq's own connections."""
         # Behind PgBouncer the kept connection's prepared statements and statement_timeout
         # would live on whichever server connection it last had: the pool it is.
-        if self._solo_busy or self._max_size < 2 or self.pgbouncer:
+        if self._solo.busy or self._max_size < 2 or self.pgbouncer:
             pool = await self.pool()
             await pool.execute(query, *args, timeout=self.command_timeout)
             return
-        # One connection is kept for enqueues that find it free (a producer enqueueing one job
-        # after another always does): a pool's acquire and release cost about as much Python
-        # as the statement itself. Its command_timeout is enforced by the server
-        # (statement_timeout, which cancels the statement for good), not by a client timer per
-        # statement; one watchdog timer per command_timeout only covers a silent network.
-        loop = asyncio.get_running_loop()
-        if self._solo_loop is not loop:  # an app used again under a new event loop
-            self._solo, self._watchdog, self._solo_loop = None, None, loop
-        self._solo_busy = True
-        self._solo_since = loop.time()
-        try:
-            solo = self._solo
-            if solo is None or solo.is_closed():
-                self._solo_statements.clear()
-                solo = self._solo = await self._connect_solo()
-            if self._watchdog is None:
-                self._watchdog = loop.call_later(self._hang_after, self._check_solo)
-            statement = self._solo_statements.get(query)
-            if statement is None:
-                statement = self._solo_statements[query] = await solo.prepare(query)
-            await statement.fetch(*args)  # a prepared statement skips execute()'s cache lookup
-        except asyncpg.QueryCanceledError as exc:
-            raise DatabaseUnavailable(
-                f"PostgreSQL at {self.display_url} cancelled an enqueue: it did not finish "
-                f"within {self.command_timeout:g}s (command_timeout), or an administrator "
-                f"cancelled it; nothing was written"
-            ) from exc
-        except CONNECTION_ERRORS:
-            self._drop_solo()
-            raise
-        finally:
-            self._solo_busy = False
-
-    @property
-    def _hang_after(self) -> float:
-        # Past the server's own statement_timeout, with room for its answer to arrive.
-        return self.command_timeout + max(1.0, self.connect_timeout)
-
-    async def _connect_solo(self) -> asyncpg.Connection[Any]:
-        url = await self.resolve()
-        try:
-            conn: asyncpg.Connection[Any] = await asyncpg.connect(
-                url, timeout=self.connect_timeout, command_timeout=None, **self._options
-            )
-        except CONNECTION_ERRORS as exc:
-            raise self.unavailable(exc) from exc
-        try:
-            await conn.execute(
-                "SELECT set_config('statement_timeout', $1, false)",
-                str(max(1, round(self.command_timeout * 1000))),
-            )
-        except BaseException:
-            conn.terminate()
-            raise
-        return conn
-
-    def _check_solo(self) -> None:
-        """Watchdog: an enqueue still waiting well past command_timeout has a silent network
-        under it (the server would have cancelled the statement): cut the connection, so the
-        waiting enqueue fails instead of hanging."""
-        self._watchdog = None
-        if not self._solo_busy or self._solo is None:
-            return
-        loop = asyncio.get_running_loop()
-        left = self._solo_since + self._hang_after - loop.time()
-        if left > 0:
-            self._watchdog = loop.call_later(left, self._check_solo)
-        else:
-            self._solo.terminate()
-
-    def _drop_solo(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if self._solo is not None:
-            self._solo.terminate()
-            self._solo = None
+        await self._solo.execute(query, args)
 
     @property
     def control(self) -> ControlStore:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .claim_ahead import ClaimAhead
 from .context import AttemptContext
 from .control import Snooze
+from .db_errors import BAD_DATA_ERRORS, CONNECTION_ERRORS
 from .errors import ConfigurationError
 from .executor import JobExecutor
 from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, Outcome, StartedAttempt
@@ -32,7 +33,6 @@ from .liveness import MAX_BACKOFF, Liveness
 from .middleware import CallNext, Middleware
 from .registry import compact_json
 from .signals import StopOnSignal
-from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
 from .worker_control import JobControl
 from .worker_store import WorkerStore
 

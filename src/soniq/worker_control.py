@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from . import sql, sql_control
 from .control import QueueControl, Snooze
+from .db_errors import BAD_DATA_ERRORS, CONNECTION_ERRORS
 from .errors import DatabaseUnavailable
 from .jobs import FinishedAttempt, JobStatus, Outcome
-from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from .context import AttemptContext

@@ -24,9 +24,9 @@ import random
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from ..db_errors import CONNECTION_ERRORS
 from ..errors import DatabaseUnavailable, SoniqError
 from ..middleware import EnqueueContext, PendingJob
-from ..store import CONNECTION_ERRORS
 from .spec import ScheduleSpec, spec_from_row
 from .store import ScheduleStore
 from .timing import plan

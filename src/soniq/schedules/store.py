@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from .. import sql_schedules
+from ..db_errors import CONNECTION_ERRORS
 from ..errors import SchemaError
-from ..store import CONNECTION_ERRORS, SETUP_HINT, Store
+from ..store import SETUP_HINT, Store
 from .spec import ScheduleSpec
 from .timing import next_fire
 
