@@ -87,7 +87,7 @@ class Store:
         self._options: dict[str, Any] = {"connection_class": connection_class(schema)}
         if pgbouncer:
             self._options["statement_cache_size"] = 0
-        self._solo = EnqueueConnection(self)
+        self._enqueue_conn = EnqueueConnection(self)
         self._control: ControlStore | None = None
 
     async def resolve(self) -> str:
@@ -200,7 +200,7 @@ class Store:
         )
 
     async def close(self) -> None:
-        await self._solo.close()
+        await self._enqueue_conn.close()
         if self._claim_pool is not None:
             claim_pool, self._claim_pool = self._claim_pool, None
             await claim_pool.close()
@@ -316,11 +316,11 @@ class Store:
         """Run an enqueue statement on Soniq's own connections."""
         # Behind PgBouncer the kept connection's prepared statements and statement_timeout
         # would live on whichever server connection it last had: the pool it is.
-        if self._solo.busy or self._max_size < 2 or self.pgbouncer:
+        if self._enqueue_conn.busy or self._max_size < 2 or self.pgbouncer:
             pool = await self.pool()
             await pool.execute(query, *args, timeout=self.command_timeout)
             return
-        await self._solo.execute(query, args)
+        await self._enqueue_conn.execute(query, args)
 
     @property
     def control(self) -> ControlStore:
