@@ -23,7 +23,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from soniq import JobContext, Soniq, sql, sql_liveness
+from soniq import JobContext, Soniq, sql_liveness
+from soniq.jobs import ClaimedJob
+from soniq.worker_store import WorkerStore
 from tests.support.waiting import running_worker, wait_until
 
 
@@ -53,6 +55,15 @@ async def test_fast_jobs_run_once_each_with_attempt_one(app: Soniq, db: asyncpg.
     assert [tuple(r) for r in rows] == [("done", 1, 600)]
 
 
+async def _claim_for_a_worker_about_to_die(app: Soniq, want: int) -> list[ClaimedJob]:
+    """What a worker with one free slot claims when it asks for ``want`` jobs: one counted as
+    started, the rest claimed ahead (the caller then silences its heartbeat)."""
+    worker = WorkerStore(app._store, "dead", None, 1)
+    worker.known_names = ["job"]
+    await worker.register_worker()
+    return (await worker.finish_and_claim((), free=1, want=want)).jobs
+
+
 async def test_claimed_ahead_jobs_on_their_last_attempt_go_back_uncounted_and_suspect(
     app: Soniq, db: asyncpg.Connection
 ) -> None:
@@ -62,25 +73,7 @@ async def test_claimed_ahead_jobs_on_their_last_attempt_go_back_uncounted_and_su
 
     ids = await app.enqueue_many("job", [{"i": i} for i in range(4)])
     # A worker that claimed four jobs, one for its free slot and three ahead, then died.
-    await db.execute(sql_liveness.REGISTER_WORKER, "dead", "host", 1, None, 1)
-    claimed = await db.fetch(
-        sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
-        "dead",
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        4,
-        ["job"],
-        None,
-        [],
-        1,
-        "",
-        "",
-    )
+    claimed = await _claim_for_a_worker_about_to_die(app, want=4)
     assert [r["counted"] for r in claimed] == [True, False, False, False]
     assert [r["attempt"] for r in claimed] == [1, 1, 1, 1]
     await db.execute("UPDATE soniq_workers SET heartbeat_at = now() - interval '1 hour'")
@@ -111,25 +104,7 @@ async def test_claimed_ahead_jobs_with_attempts_left_are_counted_when_their_work
         pass
 
     await app.enqueue_many("job", [{"i": i} for i in range(3)])
-    await db.execute(sql_liveness.REGISTER_WORKER, "dead", "host", 1, None, 1)
-    claimed = await db.fetch(
-        sql.finish_and_claim(sql.QUEUE_FILTER_ALL),
-        "dead",
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        3,
-        ["job"],
-        None,
-        [],
-        1,
-        "",
-        "",
-    )
+    claimed = await _claim_for_a_worker_about_to_die(app, want=3)
     assert [r["counted"] for r in claimed] == [True, False, False]
     await db.execute("UPDATE soniq_workers SET heartbeat_at = now() - interval '1 hour'")
 
