@@ -117,27 +117,22 @@ async def _marked(db: asyncpg.Connection, job_id: str) -> None:
     )
 
 
-async def test_cancel_while_waiting_raises_job_cancelled(
-    app: Soniq, db: asyncpg.Connection
+@pytest.mark.parametrize(
+    ("action", "raised", "message"),
+    [
+        ("cancel_job", JobCancelled, "Job {id} was cancelled"),
+        ("delete_job", JobNotFound, r"No job with id {id} \(deleted"),
+    ],
+)
+async def test_a_waiter_hears_of_a_cancel_or_delete(
+    app: Soniq, db: asyncpg.Connection, action: str, raised: type[Exception], message: str
 ) -> None:
     _jobs(app, asyncio.Event())
     job_id = await app.enqueue("r.total", amount=1, scheduled_at=3600)
     waiting = asyncio.create_task(app.get_result(job_id, wait=20))
     await _marked(db, job_id)
-    assert await app.cancel_job(job_id)
-    with pytest.raises(JobCancelled, match=f"Job {job_id} was cancelled"):
-        await asyncio.wait_for(waiting, 20)
-
-
-async def test_delete_while_waiting_raises_job_not_found(
-    app: Soniq, db: asyncpg.Connection
-) -> None:
-    _jobs(app, asyncio.Event())
-    job_id = await app.enqueue("r.total", amount=1, scheduled_at=3600)
-    waiting = asyncio.create_task(app.get_result(job_id, wait=20))
-    await _marked(db, job_id)
-    assert await app.delete_job(job_id)
-    with pytest.raises(JobNotFound):
+    assert await getattr(app, action)(job_id)
+    with pytest.raises(raised, match=message.format(id=job_id)):
         await asyncio.wait_for(waiting, 20)
 
 
