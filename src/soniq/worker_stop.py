@@ -15,12 +15,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from .jobs import FinishedAttempt, StartedAttempt
+from .jobs import Claim, FinishedAttempt, StartedAttempt
 from .store import BAD_DATA_ERRORS, CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from .executor import JobExecutor
-    from .jobs import Claim
     from .worker_control import JobControl
     from .worker_store import WorkerStore
 
