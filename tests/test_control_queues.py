@@ -182,6 +182,23 @@ def test_cli_pause_resume_limit_and_status(clean_db: str) -> None:
     assert bad.exit_code != 0 and "whole number" in bad.output
 
 
+def test_cli_rate_sets_removes_and_refuses(clean_db: str) -> None:
+    runner = CliRunner()
+    url = ["--database-url", clean_db]
+    out = runner.invoke(cli, ["queues", "rate", "mail", "2.5", *url])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == "mail: running, rate 2.5/s"
+    out = runner.invoke(cli, ["queues", "rate", "mail", "NONE", *url])
+    assert out.stdout.strip() == "mail: running"
+    bad = runner.invoke(cli, ["queues", "rate", "mail", "fast", *url])
+    assert bad.exit_code != 0 and "'fast' is not a number; give jobs per second" in bad.output
+    # Parsed, then refused by the app's own check (not by click).
+    bad = runner.invoke(cli, ["queues", "rate", "mail", "inf", *url])
+    assert bad.exit_code != 0 and "must be a positive number" in bad.output
+    listed = json.loads(runner.invoke(cli, ["queues", "list", "--json", *url]).stdout)
+    assert listed[0]["name"] == "mail" and listed[0]["rate"] is None
+
+
 async def test_bad_queue_controls_are_refused_and_nothing_is_written(
     app: Soniq, db: asyncpg.Connection
 ) -> None:

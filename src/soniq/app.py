@@ -1,7 +1,9 @@
-"""The application object: registry, middleware chain, hooks, and the calls users make.
+"""The application object: registry, middleware chain, hooks, enqueue, and starting workers.
 
 It stays thin: SQL lives in :mod:`soniq.sql` behind :class:`soniq.store.Store`, the worker in
-:mod:`soniq.worker`, the chain in :mod:`soniq.middleware`.
+:mod:`soniq.worker`, the chain in :mod:`soniq.middleware`; reading and managing jobs
+(``get_job``, dead letters, ``list_jobs``...) is the mixin :mod:`soniq.management`, queue and
+fleet operations the mixin :mod:`soniq.operations`.
 """
 
 from __future__ import annotations
@@ -16,15 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from .backoff import Backoff, as_backoff
-from .control import (
-    check_max_snoozes,
-)
+from .control import check_max_snoozes
 from .database import resolve_url
 from .errors import ConfigurationError, JobArgumentsError
 from .hooks import Hooks
 from .instrumentation import instrument
-from .job_filters import job_id as parse_job_id
-from .jobs import JobInfo
 from .logs.failures import FailureLogMiddleware
 from .management import ManagesJobs
 from .middleware import EnqueueContext, EnqueueNext, MiddlewareChain, PendingJob
@@ -489,21 +487,6 @@ class Soniq(ManagesJobs, OperatesQueues):
             await self._store.control.insert_unique(ctx.jobs, ctx.connection)
         else:
             await self._store.insert(ctx.jobs, ctx.connection)
-
-    # -- inspection and operations ---------------------------------------------------------
-    async def get_job(self, job_id: str) -> JobInfo | None:
-        """The job's row as a dict (:class:`soniq.jobs.JobInfo`), or None if no such job."""
-        return await self._store.get_job(parse_job_id(job_id))
-
-    async def list_dead_letters(self, limit: int = 100) -> list[JobInfo]:
-        return await self._store.dead_letters(limit)
-
-    async def retry_dead_letter(self, job_id: str) -> bool:
-        """Put a dead-lettered job back in its queue with fresh attempts."""
-        return bool(await self._store.retry_dead_letters([parse_job_id(job_id)]))
-
-    async def retry_all_dead_letters(self) -> list[str]:
-        return await self._store.retry_dead_letters(None)
 
     # -- workers ---------------------------------------------------------------------------
     def worker(self, **options: Any) -> Worker:

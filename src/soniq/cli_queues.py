@@ -14,6 +14,7 @@ from .control import QueueControl
 from .errors import SoniqError
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 _app_option = click.option(
     "--app", "app_path", metavar="MODULE:APP", help="Soniq app to use (for its database URL)."
@@ -49,26 +50,24 @@ def describe(control: QueueControl) -> str:
     return ", ".join(parts)
 
 
-def _limit(value: str) -> int | None:
+def _or_none(value: str, parse: Callable[[str], N], expected: str) -> N | None:
+    """A limit argument: ``parse(value)``, or None for 'none' (which removes the limit)."""
     if value.lower() == "none":
         return None
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a whole number; give N (1 or more) or 'none'"
-        ) from None
+        raise click.BadParameter(f"{value!r} is not {expected} or 'none'") from None
 
 
-def _rate(value: str) -> float | None:
-    if value.lower() == "none":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a number; give jobs per second or 'none'"
-        ) from None
+def _set(
+    app_path: str | None,
+    database_url: str | None,
+    change: Callable[[Soniq], Awaitable[QueueControl]],
+) -> None:
+    """Apply one queue control and print the queue's controls as they now stand."""
+    done = _with_app(app_path, database_url, change)
+    click.echo(f"{done.name}: {describe(done)}")
 
 
 @click.group(
@@ -118,8 +117,7 @@ Examples:
 @click.argument("name")
 def queues_pause(app_path: str | None, database_url: str | None, name: str) -> None:
     """Stop claiming jobs of NAME (running jobs finish; enqueues still work)."""
-    done = _with_app(app_path, database_url, lambda app: app.pause_queue(name))
-    click.echo(f"{done.name}: {describe(done)}")
+    _set(app_path, database_url, lambda app: app.pause_queue(name))
 
 
 @queues.command(
@@ -134,8 +132,7 @@ Examples:
 @click.argument("name")
 def queues_resume(app_path: str | None, database_url: str | None, name: str) -> None:
     """Claim jobs of NAME again."""
-    done = _with_app(app_path, database_url, lambda app: app.resume_queue(name))
-    click.echo(f"{done.name}: {describe(done)}")
+    _set(app_path, database_url, lambda app: app.resume_queue(name))
 
 
 @queues.command(
@@ -152,9 +149,8 @@ Examples:
 @click.argument("limit", metavar="N|none")
 def queues_limit(app_path: str | None, database_url: str | None, name: str, limit: str) -> None:
     """At most N jobs of NAME running at once across all workers ('none' removes it)."""
-    n = _limit(limit)
-    done = _with_app(app_path, database_url, lambda app: app.set_queue_limit(name, n))
-    click.echo(f"{done.name}: {describe(done)}")
+    n = _or_none(limit, int, "a whole number; give N (1 or more)")
+    _set(app_path, database_url, lambda app: app.set_queue_limit(name, n))
 
 
 @queues.command(
@@ -171,9 +167,8 @@ Examples:
 @click.argument("rate", metavar="PER_SECOND|none")
 def queues_rate(app_path: str | None, database_url: str | None, name: str, rate: str) -> None:
     """At most PER_SECOND jobs of NAME started per second across all workers."""
-    r = _rate(rate)
-    done = _with_app(app_path, database_url, lambda app: app.set_queue_rate(name, r))
-    click.echo(f"{done.name}: {describe(done)}")
+    r = _or_none(rate, float, "a number; give jobs per second")
+    _set(app_path, database_url, lambda app: app.set_queue_rate(name, r))
 
 
 def _as_dict(control: QueueControl) -> dict[str, Any]:

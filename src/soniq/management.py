@@ -1,5 +1,7 @@
-"""Managing jobs: ``list_jobs``, ``iter_jobs``, ``get_result``, ``retry_job``, ``delete_job``,
-``cancel_job``, ``bulk_jobs`` and ``get_queue_stats``, mixed into :class:`soniq.Soniq`.
+"""Managing jobs: ``get_job``, the dead letters (``list_dead_letters``, ``retry_dead_letter``,
+``retry_all_dead_letters``), ``list_jobs``, ``iter_jobs``, ``get_result``, ``retry_job``,
+``delete_job``, ``cancel_job``, ``bulk_jobs`` and ``get_queue_stats``, mixed into
+:class:`soniq.Soniq`.
 
 Every dict returned for a job has the shape of ``get_job``'s (docs/managing-jobs.md lists the
 keys); the dashboard stands on these shapes, so keys are only ever added.
@@ -56,6 +58,20 @@ class ManagesJobs:
             admin = AdminStore(self._store)
             self._manager_parts = (admin, ResultWaiter(self._store, admin))
         return self._manager_parts
+
+    async def get_job(self, job_id: str) -> JobInfo | None:
+        """The job's row as a dict (:class:`soniq.jobs.JobInfo`), or None if no such job."""
+        return await self._store.get_job(parse_job_id(job_id))
+
+    async def list_dead_letters(self, limit: int = 100) -> list[JobInfo]:
+        return await self._store.dead_letters(limit)
+
+    async def retry_dead_letter(self, job_id: str) -> bool:
+        """Put a dead-lettered job back in its queue with fresh attempts."""
+        return bool(await self._store.retry_dead_letters([parse_job_id(job_id)]))
+
+    async def retry_all_dead_letters(self) -> list[str]:
+        return await self._store.retry_dead_letters(None)
 
     async def list_jobs(
         self,

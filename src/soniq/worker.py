@@ -5,35 +5,36 @@ attempts that finished (or started) since the last one and claims jobs: as many 
 free slots, counted as started, plus a few claimed ahead into a local buffer
 (:mod:`soniq.claim_ahead` says how many). A job that finishes starts the next buffered one at
 once, without waiting for the database, so fast jobs are not limited to one round trip per slot.
-Liveness (LISTEN, heartbeat, lease recovery) is in :mod:`soniq.liveness`, stop signals in
-:mod:`soniq.signals`; the statements the worker sends in :mod:`soniq.worker_store`. On stop,
-running jobs get the grace period, then what is left is written in a final flush.
+This module is that loop and the worker's state; one attempt (start, chain, finish record) is
+in :mod:`soniq.attempts`, the graceful stop and final flush in :mod:`soniq.worker_stop` (both
+mixins of :class:`Worker`). Liveness (LISTEN, heartbeat, lease recovery) is in
+:mod:`soniq.liveness`, job control in :mod:`soniq.worker_control`, stop signals in
+:mod:`soniq.signals`; the statements the worker sends in :mod:`soniq.worker_store`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .attempts import RunsAttempts
 from .claim_ahead import ClaimAhead
 from .context import AttemptContext
-from .control import Snooze
 from .db_errors import BAD_DATA_ERRORS, CONNECTION_ERRORS
 from .errors import ConfigurationError
 from .executor import JobExecutor
-from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, Outcome, StartedAttempt
+from .jobs import Claim, ClaimedJob, FinishedAttempt, JobStatus, StartedAttempt
 from .liveness import MAX_BACKOFF, Liveness
 from .middleware import CallNext, Middleware
-from .registry import compact_json
 from .signals import StopOnSignal
 from .worker_control import JobControl
+from .worker_stop import StopsGracefully
 from .worker_store import WorkerStore
 
 if TYPE_CHECKING:
@@ -44,11 +45,9 @@ logger = logging.getLogger("soniq")
 
 _DONE = JobStatus.DONE
 _QUEUED = JobStatus.QUEUED
-_CANCELLED = JobStatus.CANCELLED
-_SNOOZE_OUTCOMES = (Outcome.SNOOZED, Outcome.DEAD_LETTER)  # dead letter: past max_snoozes
 
 
-class Worker:
+class Worker(RunsAttempts, StopsGracefully):
     def __init__(
         self,
         app: Soniq,
@@ -383,121 +382,6 @@ class Worker:
         held.extend(job.id for job, _ in self._prestart)
         return held
 
-    # -- one attempt -----------------------------------------------------------------------
-    def _start(self, job: ClaimedJob, claimed_at: float) -> None:
-        spec = self.app.registry.find(job.job_name)
-        job_id = job.id
-        if spec is None:  # registry shrank at run time; put it back untouched
-            self._unreported.pop(job_id, None)
-            self._finished.append(FinishedAttempt.put_back(job_id, job.attempt))
-            return
-        self._ahead.started(job.start_written_first)
-        waited = job.queue_wait_s + (asyncio.get_running_loop().time() - claimed_at)
-        ctx = AttemptContext(
-            job_id=job_id,
-            job_name=spec.name,
-            queue=job.queue,
-            attempt=job.attempt,
-            max_attempts=job.max_attempts,
-            priority=job.priority,
-            args=json.loads(job.args),
-            enqueued_at=job.created_at,
-            scheduled_at=job.scheduled_at,
-            queue_wait_s=max(0.0, waited),
-            worker_id=self.id,
-            spec=spec,
-            trace_context=json.loads(job.trace_context) if job.trace_context else None,
-            revived=job.revived,
-            schedule=job.schedule_name,
-            fire_time=job.fire_time,
-            snoozes=job.snoozes,
-        )
-        if self._control.cancelled_early(job_id):
-            self._record(FinishedAttempt(job_id, _CANCELLED, refund=1, attempt=job.attempt))
-            return
-        self._contexts[job_id] = ctx
-        self._running[job_id] = asyncio.create_task(self._attempt(ctx), name=f"soniq-{job_id}")
-
-    async def _attempt(self, ctx: AttemptContext) -> None:
-        try:
-            result = await self._call(ctx)
-        except asyncio.CancelledError:
-            if ctx.cancel_requested:  # app.cancel_job: it ends cancelled, never to run again
-                self._record(FinishedAttempt(ctx.job_id, _CANCELLED, attempt=ctx.attempt))
-                return
-            # Otherwise shutdown cancelled it: the job goes back without using up an attempt.
-            if ctx.job_id in self._executor.busy_threads:
-                self._held.add(ctx.job_id)  # its thread runs on; see _flush_final
-            else:
-                self._record(FinishedAttempt.put_back(ctx.job_id, ctx.attempt))
-            return
-        except Exception as exc:
-            if ctx.outcome is None or ctx.error is not exc:
-                ctx.settle_failure(exc)
-            if ctx.job_id in self._executor.busy_threads:
-                # A timeout ended the attempt but not its thread: until the thread returns, the
-                # job stays ours (and beats), so its retry cannot run beside it.
-                try:
-                    await self._thread_returned(ctx)
-                except asyncio.CancelledError:
-                    self._held.add(ctx.job_id)  # shutdown meanwhile: see _flush_final
-                    raise
-            if ctx.cancel_requested:
-                self._record(FinishedAttempt(ctx.job_id, _CANCELLED, attempt=ctx.attempt))
-            else:
-                self._record(FinishedAttempt.failed(ctx, exc))
-        else:
-            if isinstance(ctx.result, Snooze) and ctx.outcome in _SNOOZE_OUTCOMES:
-                await self._control.snooze(ctx, ctx.result)
-            elif ctx.cancel_requested:
-                self._record(FinishedAttempt(ctx.job_id, _CANCELLED, attempt=ctx.attempt))
-            else:
-                self._record(
-                    FinishedAttempt(
-                        ctx.job_id,
-                        _DONE,
-                        result=self._encode_result(ctx, result),
-                        attempt=ctx.attempt,
-                    )
-                )
-        finally:
-            self._contexts.pop(ctx.job_id, None)
-            self._running.pop(ctx.job_id, None)
-            self._wake.set()
-            self._fill_slots()
-
-    async def _thread_returned(self, ctx: AttemptContext) -> None:
-        logger.warning(
-            "Job %s (%s) timed out, but its thread cannot be stopped; the job is retried or "
-            "dead-lettered only once the thread returns",
-            ctx.job_name,
-            ctx.job_id,
-            extra={"event": "job.thread_overrun", "job_id": ctx.job_id, "worker_id": self.id},
-        )
-        returned = self._executor.busy_threads.get(ctx.job_id)
-        if returned is not None:
-            await returned.wait()
-
-    def _record(self, finished: FinishedAttempt) -> None:
-        self._unreported.pop(finished.id, None)  # the finish record carries the start too
-        self._finished.append(finished)
-
-    @staticmethod
-    def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
-        if result is None:
-            return None
-        try:
-            return compact_json(result)
-        except Exception as exc:  # TypeError, ValueError, RecursionError (too deep) ...
-            logger.warning(
-                "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
-                "the job counts as done and its result is not kept",
-                ctx.job_name,
-                ctx.job_id,
-                exc,
-            )
-            return None
-
     async def _finish_separately(self, finished: list[FinishedAttempt], exc: BaseException) -> None:
         """The database refused a round trip's data. One unstorable result or error text must
         neither stop the worker nor lose the other results: write them one at a time, and a
@@ -523,85 +407,3 @@ class Worker:
             except CONNECTION_ERRORS:
                 self._finished[:0] = finished[i:]  # the outage handling takes over
                 return
-
-    # -- shutdown --------------------------------------------------------------------------
-    async def _shutdown(self) -> None:
-        self._stopping = True
-        if self._running:
-            _done, pending = await asyncio.wait(
-                list(self._running.values()), timeout=self.grace_period
-            )
-            for task in pending:
-                task.cancel()
-            if pending:
-                logger.warning(
-                    "%d job(s) still running after the %.3gs grace period; putting them back",
-                    len(pending),
-                    self.grace_period,
-                )
-                await asyncio.wait(pending, timeout=5)
-            # An attempt that ignored its cancellation is still running: like a thread, it
-            # keeps its job until this process is gone.
-            self._held.update(job_id for job_id, task in self._running.items() if not task.done())
-            if self._held:
-                logger.warning(
-                    "%d job(s) cannot be interrupted (plain `def` jobs run in threads); they "
-                    "stay with this worker, their attempt refunded, and go back to the queue "
-                    "when its lease runs out (%.3gs), once this process has exited",
-                    len(self._held),
-                    self.lease_seconds,
-                    extra={"event": "worker.jobs_held", "worker_id": self.id},
-                )
-        await self._control.close()
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(BaseException):
-                await task
-        await self._flush_final()
-        self._executor.shutdown()
-
-    @property
-    def held_jobs(self) -> frozenset[str]:
-        """Jobs still running in threads after shutdown; the process should exit now so that
-        they stop before their lease runs out (``soniq worker`` does)."""
-        return frozenset(self._held)
-
-    async def _flush_final(self) -> None:
-        held = list(self._held)
-        for delay in (0, 0.5, 1, 2):
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                finished, self._finished = self._finished, []
-                # A held job started from the buffer has its start written first, so that the
-                # refund below finds a counted attempt to refund.
-                starts = [
-                    StartedAttempt(i, a) for i, a in self._unreported.items() if i in self._held
-                ]
-                try:
-                    await self._round_trip(finished, 0, starts=starts)
-                    for f in starts:
-                        self._unreported.pop(f.id, None)
-                except BAD_DATA_ERRORS as exc:
-                    await self._finish_separately(finished, exc)
-                    if self._finished:
-                        continue  # an outage interrupted it: try again after the delay
-                await self._db.release_untracked(held)
-                if held:
-                    # Handing these back now would let another worker start one while our
-                    # thread still runs it. They stay ours, the attempt refunded in advance,
-                    # and the lease (which counts an attempt) returns them after we are gone;
-                    # so the worker row stays too, for the lease to expire.
-                    await self._db.refund_held(held)
-                else:
-                    await self._db.deregister_worker()
-                return
-            except CONNECTION_ERRORS as exc:
-                self._finished[:0] = finished
-                logger.warning("Could not record final results (%s); retrying", exc)
-        logger.error(
-            "Worker %s could not record %d result(s); the lease will recover them",
-            self.id,
-            len(self._finished),
-        )
