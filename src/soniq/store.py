@@ -43,9 +43,10 @@ logger = logging.getLogger("soniq")
 # bitmap scans the ordered index scan is the only cheap plan, statistics or not; the claim has
 # no use for a bitmap scan anyway (it wants the first rows in index order). The setting is
 # kept to the workers' round-trip connections: user code borrowing app.pool() plans as usual.
-# (Turning sequential scans or hash joins off as well was tried and reverted: it changed the
-# job-control claims' plans and made the finish a nested loop; see the closing note of
-# session 3 on the analyzed table's hash join.)
+# The other statistics trap, an analyzed table's generic plan hash-joining the claimed rows to
+# a scan of the whole table, is closed in the statement itself (sql.finish_and_claim), not by
+# a setting: turning sequential scans or hash joins off changed the job-control claims' plans
+# and made the finish a nested loop.
 CLAIM_PLANNER_SETTINGS = {"enable_bitmapscan": "off"}
 # Round trips of one worker are sequential; a few workers may share one app.
 _CLAIM_POOL_SIZE = 4
