@@ -157,7 +157,7 @@ class DbapiAdapter(Adapter):
 
 class DjangoAdapter(DbapiAdapter):
     """Django's connection: statements through its cursor, the savepoint through
-    ``transaction.atomic`` (its own, inside an atomic block; a transaction of its own in
+    ``transaction.atomic`` (a savepoint inside an atomic block, a transaction of its own in
     autocommit), so Django's idea of the connection's state stays true."""
 
     def savepoint(self, conn: Any) -> Any:
