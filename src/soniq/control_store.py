@@ -2,6 +2,8 @@
 
 Reached as ``store.control``; kept apart so the store's hot paths (enqueue, claim) stay as
 they were and this module holds what unique jobs, snoozes, cancels and queue controls need.
+Unique jobs follow :mod:`soniq.unique_settle`, driven here on asyncpg or an async caller's
+connection (``enqueue_sync`` drives it in :mod:`soniq.sync_store`).
 """
 
 from __future__ import annotations
