@@ -1,6 +1,6 @@
 """enqueue_sync against await enqueue: single enqueues per second, in one run.
 
-    .venv/bin/python -m bench.sync_enqueue [--jobs 3000] [--block 50] [--otel]
+    .venv/bin/python -m bench.sync_enqueue [--jobs 3000] [--block 50] [--otel] [--unique]
 
 (from the repository root, like ``python -m bench``).
 
@@ -11,6 +11,8 @@ between systems, since single enqueues wait on the WAL flush of a disk other pro
 After one discarded warm-up block each, the rate of each side is its jobs over its total time;
 the script prints both and their ratio (the target is >= 0.8). ``--otel`` turns tracing on for
 both (a producer span per enqueue, so the sync side runs the chain on its thread's loop).
+``--unique`` makes the job unique (``unique=True``, every enqueue a new key): job control's
+statements in a transaction, on both sides.
 
 The database: ``BENCH_DATABASE_URL``, else ``SONIQ_TEST_DATABASE_URL``, else
 postgresql://postgres@127.0.0.1:5432/postgres; a scratch database is created and dropped.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import time
 
 from bench import common
@@ -28,10 +31,10 @@ from soniq import Soniq
 JOB = "bench.noop"
 
 
-def make_app(url: str, otel: bool) -> Soniq:
+def make_app(url: str, otel: bool, unique: bool) -> Soniq:
     app = Soniq(url)
 
-    @app.job(name=JOB)
+    @app.job(name=JOB, unique=unique or None)
     async def noop(i: int, s: str) -> None:
         return None
 
@@ -49,25 +52,28 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per side")
     parser.add_argument("--block", type=int, default=50, help="jobs per alternation")
     parser.add_argument("--otel", action="store_true", help="tracing on for both sides")
+    parser.add_argument("--unique", action="store_true", help="a unique job (new keys)")
     opts = parser.parse_args()
 
     admin = common.admin_url()
     loop = asyncio.new_event_loop()
     url = loop.run_until_complete(common.create_database(admin, "sync_enqueue"))
     try:
-        app = make_app(url, opts.otel)
+        app = make_app(url, opts.otel, opts.unique)
         loop.run_until_complete(app.setup())
+
+        numbers = itertools.count()  # every job its own arguments: with --unique, its own key
 
         async def async_block(n: int) -> float:
             start = time.perf_counter()
-            for i in range(n):
-                await app.enqueue(JOB, i=i, s="payload")
+            for _ in range(n):
+                await app.enqueue(JOB, i=next(numbers), s="payload")
             return time.perf_counter() - start
 
         def sync_block(n: int) -> float:
             start = time.perf_counter()
-            for i in range(n):
-                app.enqueue_sync(JOB, i=i, s="payload")
+            for _ in range(n):
+                app.enqueue_sync(JOB, i=next(numbers), s="payload")
             return time.perf_counter() - start
 
         loop.run_until_complete(async_block(opts.block))  # warm-up: connections, statements
@@ -85,6 +91,7 @@ def main() -> None:
             done += n
         rate = {side: opts.jobs / s for side, s in spent.items()}
         label = " (tracing on)" if opts.otel else ""
+        label += " (unique job)" if opts.unique else ""
         print(f"enqueue one at a time{label}, {opts.jobs} jobs per side, blocks of {opts.block}")
         print(f"  await app.enqueue   {rate['async']:8.0f} jobs/s")
         print(f"  app.enqueue_sync    {rate['sync']:8.0f} jobs/s")

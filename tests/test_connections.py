@@ -5,7 +5,7 @@ PostgreSQL (Django's connection: examples/django's tests, run by test_django_exa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-from soniq import ConfigurationError, JobArgumentsError, Soniq
+from soniq import ConfigurationError, DuplicateJob, JobArgumentsError, Soniq, Unique
 from soniq.connections import pyformat
 from tests.support.waiting import wait_until
 
@@ -59,178 +59,241 @@ def plain_url(url: str, driver: str) -> str:
     return url.replace("postgresql://", f"postgresql+{driver}://", 1)
 
 
-# -- async drivers: await app.enqueue(..., connection=) ----------------------------------------
-async def run_async(
-    app: Soniq, url: str, commit: bool, enqueue_in: Callable[[Heard], Awaitable[tuple[str, Any]]]
+# -- the callers: one connection of each driver, and its transaction ---------------------------
+
+
+class Caller:
+    """A caller's connection of one driver inside an open transaction. ``call`` runs the app's
+    async method with it, or the ``_sync`` twin in a thread for a sync driver."""
+
+    is_async = True
+    handle: Any
+
+    async def open(self, url: str) -> None:
+        raise NotImplementedError
+
+    async def finish(self, commit: bool) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def call(self, app: Soniq, method: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["connection"] = self.handle
+        if self.is_async:
+            return await getattr(app, method)(*args, **kwargs)
+        return await asyncio.to_thread(getattr(app, f"{method}_sync"), *args, **kwargs)
+
+
+class SyncCaller(Caller):
+    """A sync driver's: its own calls run in a thread, as a view's would."""
+
+    is_async = False
+
+    def open_(self, url: str) -> None:
+        raise NotImplementedError
+
+    def finish_(self, commit: bool) -> None:
+        self.handle.commit() if commit else self.handle.rollback()
+
+    def close_(self) -> None:
+        self.handle.close()
+
+    async def open(self, url: str) -> None:
+        await asyncio.to_thread(self.open_, url)
+
+    async def finish(self, commit: bool) -> None:
+        await asyncio.to_thread(self.finish_, commit)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.close_)
+
+
+class AsyncpgCaller(Caller):
+    async def open(self, url: str) -> None:
+        self.handle = await asyncpg.connect(url)
+        self.tx = self.handle.transaction()
+        await self.tx.start()
+
+    async def finish(self, commit: bool) -> None:
+        await (self.tx.commit() if commit else self.tx.rollback())
+
+    async def close(self) -> None:
+        await self.handle.close()
+
+
+class PsycopgAsyncCaller(Caller):
+    async def open(self, url: str) -> None:
+        self.handle = await psycopg.AsyncConnection.connect(url)  # the enqueue begins it
+
+    async def finish(self, commit: bool) -> None:
+        await (self.handle.commit() if commit else self.handle.rollback())
+
+    async def close(self) -> None:
+        await self.handle.close()
+
+
+class SQLAlchemyAsyncCaller(Caller):
+    def __init__(self, driver: str, kind: str) -> None:
+        self.driver, self.kind = driver, kind
+
+    async def open(self, url: str) -> None:
+        self.engine = create_async_engine(plain_url(url, self.driver))
+        if self.kind == "session":
+            self.handle = AsyncSession(self.engine)
+            await self.handle.execute(text("SELECT 1"))  # the session's transaction has begun
+        else:  # no statement of the caller's first: the enqueue itself begins the transaction
+            self.handle = await self.engine.connect()
+
+    async def finish(self, commit: bool) -> None:
+        await (self.handle.commit() if commit else self.handle.rollback())
+
+    async def close(self) -> None:
+        await self.handle.close()
+        await self.engine.dispose()
+
+
+class PsycopgCaller(SyncCaller):
+    def __init__(self, autocommit: bool = False) -> None:
+        self.autocommit = autocommit
+
+    def open_(self, url: str) -> None:
+        self.handle = psycopg.connect(url, autocommit=self.autocommit)
+        if self.autocommit:  # a transaction the caller opened by hand
+            self.handle.execute("BEGIN")
+
+    def finish_(self, commit: bool) -> None:
+        self.handle.execute("COMMIT" if commit else "ROLLBACK")
+
+
+class SQLAlchemyCaller(SyncCaller):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def open_(self, url: str) -> None:
+        self.engine = create_engine(plain_url(url, "psycopg"))
+        self.handle = Session(self.engine) if self.kind == "session" else self.engine.connect()
+
+    def close_(self) -> None:
+        self.handle.close()
+        self.engine.dispose()
+
+
+CALLERS: dict[str, Callable[[], Caller]] = {
+    "asyncpg": AsyncpgCaller,
+    "psycopg-async": PsycopgAsyncCaller,
+    "sqlalchemy-async-session-asyncpg": lambda: SQLAlchemyAsyncCaller("asyncpg", "session"),
+    "sqlalchemy-async-session-psycopg": lambda: SQLAlchemyAsyncCaller("psycopg", "session"),
+    "sqlalchemy-async-connection": lambda: SQLAlchemyAsyncCaller("asyncpg", "connection"),
+    "psycopg": PsycopgCaller,
+    "psycopg-autocommit-begin": lambda: PsycopgCaller(autocommit=True),
+    "sqlalchemy-session": lambda: SQLAlchemyCaller("session"),
+    "sqlalchemy-connection": lambda: SQLAlchemyCaller("connection"),
+}
+# Django's connection: examples/django's tests (test_django_example.py).
+
+
+@pytest.fixture(params=list(CALLERS))
+async def caller(request: pytest.FixtureRequest, clean_db: str) -> AsyncIterator[Caller]:
+    made = CALLERS[request.param]()
+    await made.open(clean_db)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def in_transaction(
+    caller: Caller, url: str, commit: bool, write: Callable[[], Awaitable[list[str]]]
 ) -> None:
+    """``write()`` in the caller's open transaction; nobody sees its rows or hears of them
+    until it commits, and then everyone does (rolled back: nobody ever)."""
     async with Heard(url) as heard:
-        job_id, finish = await enqueue_in(heard)
-        # Inside the open transaction: nobody else sees the row, nobody has been told.
-        assert not await heard.visible(job_id)
+        ids = await write()
+        # Inside the open transaction: nobody else sees the rows, nobody has been told.
+        assert ids and not any([await heard.visible(i) for i in ids])
         assert await heard.quiet()
-        await finish(commit)
+        await caller.finish(commit)
         if commit:
-            assert await heard.visible(job_id)
+            assert all([await heard.visible(i) for i in ids])
             await wait_until(lambda: heard.payloads == ["default"], what="the notification")
         else:
-            assert not await heard.visible(job_id)
+            assert not any([await heard.visible(i) for i in ids])
             assert await heard.quiet()
 
 
 @pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
-async def test_asyncpg_connection(txapp: Soniq, clean_db: str, commit: bool) -> None:
-    conn = await asyncpg.connect(clean_db)
-    try:
-
-        async def enqueue_in(heard: Heard) -> tuple[str, Any]:
-            tx = conn.transaction()
-            await tx.start()
-            job_id = await txapp.enqueue("tx.job", n=1, connection=conn)
-
-            async def finish(ok: bool) -> None:
-                await (tx.commit() if ok else tx.rollback())
-
-            return job_id, finish
-
-        await run_async(txapp, clean_db, commit, enqueue_in)
-    finally:
-        await conn.close()
-
-
-@pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
-async def test_psycopg_async_connection(txapp: Soniq, clean_db: str, commit: bool) -> None:
-    conn = await psycopg.AsyncConnection.connect(clean_db)
-    try:
-
-        async def enqueue_in(heard: Heard) -> tuple[str, Any]:
-            job_id = await txapp.enqueue("tx.job", n=1, connection=conn)
-            # A batch in the same transaction, through the array statement.
-            await txapp.enqueue_many("tx.job", [{"n": 2}, {"n": 3}], connection=conn)
-
-            async def finish(ok: bool) -> None:
-                await (conn.commit() if ok else conn.rollback())
-
-            return job_id, finish
-
-        await run_async(txapp, clean_db, commit, enqueue_in)
-    finally:
-        await conn.close()
-
-
-@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
-@pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
-async def test_sqlalchemy_async_session(
-    txapp: Soniq, clean_db: str, commit: bool, driver: str
+async def test_the_row_is_written_in_the_callers_transaction(
+    txapp: Soniq, clean_db: str, caller: Caller, commit: bool
 ) -> None:
-    engine = create_async_engine(plain_url(clean_db, driver))
-    try:
-        async with AsyncSession(engine) as session:
+    async def write() -> list[str]:
+        one = await caller.call(txapp, "enqueue", "tx.job", n=1)
+        # A batch (the array statement) and a scheduled job in the same transaction.
+        many = await caller.call(txapp, "enqueue_many", "tx.job", [{"n": 2}, {"n": 3}])
+        later = await caller.call(txapp, "enqueue", "tx.job", n=4, scheduled_at=60)
+        return [one, *many, later]
 
-            async def enqueue_in(heard: Heard) -> tuple[str, Any]:
-                await session.execute(text("SELECT 1"))  # the session's transaction has begun
-                job_id = await txapp.enqueue("tx.job", n=1, connection=session)
-                await txapp.enqueue("tx.job", n=2, scheduled_at=60, connection=session)
-
-                async def finish(ok: bool) -> None:
-                    await (session.commit() if ok else session.rollback())
-
-                return job_id, finish
-
-            await run_async(txapp, clean_db, commit, enqueue_in)
-    finally:
-        await engine.dispose()
+    await in_transaction(caller, clean_db, commit, write)
 
 
 @pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
-async def test_sqlalchemy_async_connection(txapp: Soniq, clean_db: str, commit: bool) -> None:
-    engine = create_async_engine(plain_url(clean_db, "asyncpg"))
-    try:
-        async with engine.connect() as conn:
-
-            async def enqueue_in(heard: Heard) -> tuple[str, Any]:
-                # No statement of the caller's first: the enqueue itself begins the transaction.
-                job_id = await txapp.enqueue("tx.job", n=1, connection=conn)
-
-                async def finish(ok: bool) -> None:
-                    await (conn.commit() if ok else conn.rollback())
-
-                return job_id, finish
-
-            await run_async(txapp, clean_db, commit, enqueue_in)
-    finally:
-        await engine.dispose()
-
-
-# -- sync drivers: app.enqueue_sync(..., connection=) from a thread -----------------------------
-
-
-async def run_sync(
-    url: str, commit: bool, open_tx: Callable[[], Any], enqueue: Callable[[Any], str]
+async def test_unique_jobs_in_the_callers_transaction(
+    txapp: Soniq, clean_db: str, caller: Caller, commit: bool
 ) -> None:
-    """``open_tx()`` (in a thread) returns (handle, finish); ``enqueue(handle)`` writes."""
-    async with Heard(url) as heard:
-        handle, finish = await asyncio.to_thread(open_tx)
-        try:
-            job_id = await asyncio.to_thread(enqueue, handle)
-            assert not await heard.visible(job_id)
-            assert await heard.quiet()
-            await asyncio.to_thread(finish, commit)
-        finally:
-            await asyncio.to_thread(finish, None)
-        if commit:
-            assert await heard.visible(job_id)
-            await wait_until(lambda: heard.payloads == ["default"], what="the notification")
-        else:
-            assert not await heard.visible(job_id)
-            assert await heard.quiet()
+    """Deduped against the transaction's own rows; a DuplicateJob undoes its own enqueue only
+    (a savepoint) and the transaction goes on; a rolled-back key was never held."""
+
+    @txapp.job(name="tx.once", unique=Unique(key=lambda a: "k"))
+    async def once(n: int) -> None: ...
+
+    @txapp.job(name="tx.strict", unique=Unique(key=lambda a: a["k"], on_conflict="raise"))
+    async def strict(k: str) -> None: ...
+
+    async def write() -> list[str]:
+        first = await caller.call(txapp, "enqueue_result", "tx.once", n=1)
+        again = await caller.call(txapp, "enqueue_result", "tx.once", n=2)
+        assert not first.deduplicated and (again.id, again.deduplicated) == (first.id, True)
+        a = await caller.call(txapp, "enqueue", "tx.strict", k="a")
+        with pytest.raises(DuplicateJob) as caught:  # b is written, then undone with it
+            await caller.call(txapp, "enqueue_many", "tx.strict", [{"k": "b"}, {"k": "a"}])
+        assert caught.value.existing_id == a
+        c = await caller.call(txapp, "enqueue", "tx.strict", k="c")  # the transaction goes on
+        return [first.id, a, c]
+
+    await in_transaction(caller, clean_db, commit, write)
+    async with Heard(clean_db) as heard:
+        count = await heard.conn.fetchval("SELECT count(*) FROM soniq_jobs")
+        assert count == (3 if commit else 0)  # never b
+    after = await txapp.enqueue_result("tx.once", n=3)
+    assert after.deduplicated is commit
 
 
-@pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
-async def test_psycopg_connection(txapp: Soniq, clean_db: str, commit: bool) -> None:
-    def open_tx() -> Any:
-        conn = psycopg.connect(clean_db)
+async def test_unique_jobs_on_an_autocommit_connection_take_a_transaction_of_their_own(
+    txapp: Soniq, clean_db: str, db: asyncpg.Connection
+) -> None:
+    """No transaction open: each statement would commit by itself, so a unique enqueue opens
+    one, and a batch that raises leaves nothing behind."""
 
-        def finish(ok: bool | None) -> None:
-            if ok is None:
-                conn.close()
-            else:
-                conn.commit() if ok else conn.rollback()
+    @txapp.job(name="tx.strict", unique=Unique(key=lambda a: a["k"], on_conflict="raise"))
+    async def strict(k: str) -> None: ...
 
-        return conn, finish
-
-    def enqueue(conn: Any) -> str:
-        txapp.enqueue_many_sync("tx.job", [{"n": 2}], connection=conn)
-        job_id: str = txapp.enqueue_sync("tx.job", n=1, connection=conn)
-        return job_id
-
-    await run_sync(clean_db, commit, open_tx, enqueue)
-
-
-@pytest.mark.parametrize("kind", ["session", "connection"])
-@pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
-async def test_sqlalchemy_sync(txapp: Soniq, clean_db: str, commit: bool, kind: str) -> None:
-    engine = create_engine(plain_url(clean_db, "psycopg"))
-
-    def open_tx() -> Any:
-        handle: Any = Session(engine) if kind == "session" else engine.connect()
-
-        def finish(ok: bool | None) -> None:
-            if ok is None:
-                handle.close()
-            else:
-                handle.commit() if ok else handle.rollback()
-
-        return handle, finish
-
-    def enqueue(handle: Any) -> str:
-        job_id: str = txapp.enqueue_sync("tx.job", n=1, connection=handle)
-        txapp.enqueue_sync("tx.job", n=2, scheduled_at=30, connection=handle)
-        return job_id
-
+    conn = await asyncio.to_thread(psycopg.connect, clean_db, autocommit=True)
+    aconn = await psycopg.AsyncConnection.connect(clean_db, autocommit=True)
     try:
-        await run_sync(clean_db, commit, open_tx, enqueue)
+        a = await asyncio.to_thread(txapp.enqueue_sync, "tx.strict", k="a", connection=conn)
+        assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 1  # committed
+        with pytest.raises(DuplicateJob):
+            await asyncio.to_thread(
+                txapp.enqueue_many_sync, "tx.strict", [{"k": "b"}, {"k": "a"}], connection=conn
+            )
+        with pytest.raises(DuplicateJob):
+            await txapp.enqueue_many("tx.strict", [{"k": "c"}, {"k": "a"}], connection=aconn)
+        assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 1
+        assert conn.info.transaction_status == aconn.info.transaction_status == 0  # idle
+        assert await txapp.enqueue("tx.strict", k="d", connection=aconn) != a
     finally:
-        engine.dispose()
+        await asyncio.to_thread(conn.close)
+        await aconn.close()
 
 
 # -- wrong use ------------------------------------------------------------------------------------

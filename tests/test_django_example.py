@@ -29,11 +29,12 @@ def test_the_django_example_passes_its_tests(pg_admin_url: str) -> None:
     )
     report = done.stdout + done.stderr
     assert done.returncode == 0, report
-    assert "Ran 4 tests" in report and "\nOK" in report, report
+    assert "Ran 5 tests" in report and "\nOK" in report, report
     for name in (
         "test_the_order_and_its_receipt_job_commit_together",
         "test_a_failed_order_leaves_neither_order_nor_job",
         "test_enqueue_sync_joins_transaction_atomic",
+        "test_unique_jobs_inside_transaction_atomic",
         "test_manage_py_soniq_commands",
     ):
         assert f"{name} " in report and "ok" in report, name

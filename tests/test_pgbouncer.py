@@ -48,6 +48,10 @@ def make(url: str, **settings: Any) -> Soniq:
     def sync_job(x: int) -> int:
         return x * 2
 
+    @app.job(name="pgb.once", unique=True)
+    async def once(x: int) -> int:
+        return x
+
     return app
 
 
@@ -65,6 +69,11 @@ async def test_the_server_sees_no_prepared_statement_kept(bounced: Soniq, bounce
     ids += await bounced.enqueue_many("pgb.add", [{"x": i} for i in range(100)])
     ids += [await asyncio.to_thread(bounced.enqueue_sync, "pgb.sync", x=i) for i in range(30)]
     ids += await asyncio.to_thread(bounced.enqueue_many_sync, "pgb.sync", [{"x": 1}] * 20)
+    # Unique jobs: several statements in a transaction, on each side.
+    once = [await asyncio.to_thread(bounced.enqueue_sync, "pgb.once", x=i % 5) for i in range(20)]
+    once += [await bounced.enqueue("pgb.once", x=i % 5) for i in range(20)]
+    assert len(set(once)) == 5
+    ids += set(once)
     await drain(bounced)
     rows = await (await bounced.pool()).fetch(
         "SELECT status::text, count(*) FROM soniq_jobs GROUP BY 1"

@@ -141,6 +141,22 @@ async def test_caller_connections_write_into_the_schema(
     own = await asyncio.to_thread(a.enqueue_sync, "shared.name", tag="own")
     for job_id in (job2, own):
         assert (await a.get_job(job_id) or {})["status"] == "queued"
+    # Unique jobs' statements too, on each kind of connection (the caller's asyncpg one was
+    # once left unqualified).
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        async with conn.transaction():
+            held = await a.enqueue("shared.name", tag="u1", dedup_key="k", connection=conn)
+    finally:
+        await conn.close()
+
+    def sync_unique() -> str:
+        with psycopg.connect(empty_database_url) as pconn:
+            job_id: str = a.enqueue_sync("shared.name", tag="u2", dedup_key="k", connection=pconn)
+        return job_id
+
+    assert await asyncio.to_thread(sync_unique) == held
+    assert await asyncio.to_thread(a.enqueue_sync, "shared.name", tag="u3", dedup_key="k") == held
 
 
 async def test_migrating_a_schema_keeps_its_jobs(empty_database_url: str) -> None:

@@ -251,15 +251,3 @@ async def test_a_forked_child_opens_its_own_connections(
     last = await asyncio.to_thread(sync_app.enqueue_sync, "sync.add", x=3)  # parent's pool
     rows = await db.fetch("SELECT id::text FROM soniq_jobs ORDER BY seq")
     assert [r["id"] for r in rows] == [first, from_child, last]
-
-
-async def test_unique_jobs_are_refused_with_a_pointer_to_await(
-    sync_app: Soniq, db: asyncpg.Connection
-) -> None:
-    @sync_app.job(name="sync.once", unique=True)
-    def once(x: int) -> None:
-        return None
-
-    with pytest.raises(ConfigurationError, match=r"await app\.enqueue"):
-        await asyncio.to_thread(sync_app.enqueue_sync, "sync.once", x=1)
-    assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 0

@@ -32,7 +32,7 @@ from .placement import place
 from .registry import JobRegistry, JobSpec, TraceParent, make_spec
 from .settings import Settings, load_settings
 from .store import Store
-from .sync_enqueue import SyncEnqueuer, refuse_in_event_loop
+from .sync_enqueue import EnqueuesSync, SyncEnqueuer
 from .unique import EnqueueResult, Unique, as_unique, key_for
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Soniq(ManagesJobs, OperatesQueues):
+class Soniq(ManagesJobs, OperatesQueues, EnqueuesSync):
     """A job queue in PostgreSQL.
 
     ``database_url`` comes from the argument, else ``SONIQ_DATABASE_URL``, else an embedded
@@ -110,10 +110,6 @@ class Soniq(ManagesJobs, OperatesQueues):
         await self._close_management()
         self._sync.close()
         await self._store.close()
-
-    def close_sync(self) -> None:
-        """Close the connections ``enqueue_sync`` opened (``close()`` does too)."""
-        self._sync.close()
 
     def configure(self, **settings: Any) -> None:
         """Change settings after construction (the CLI's flags override the app's; the Django
@@ -347,52 +343,6 @@ class Soniq(ManagesJobs, OperatesQueues):
             call = self.middleware.enqueue_call(self._writer)
             await call(EnqueueContext(jobs, batch=True, connection=connection))
         return [j.id for j in jobs]
-
-    def enqueue_sync(
-        self,
-        job: str | Callable[..., Any],
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        scheduled_at: datetime | timedelta | float | None = None,
-        connection: Any = None,
-        **kwargs: Any,
-    ) -> str:
-        """:meth:`enqueue` for code without an event loop (a Django or Flask view, a script):
-        the same checks, middlewares and result, blocking until the row is written. Safe from
-        any number of threads. ``connection=``: a psycopg, psycopg2, SQLAlchemy ``Session`` or
-        Django connection, whose transaction the row joins (:mod:`soniq.connections`)."""
-        refuse_in_event_loop("enqueue")
-        spec = self._spec_of(job)
-        pending = self._pending(spec, kwargs, queue, priority, scheduled_at)
-        if spec.unique is not None:
-            pending.unique = key_for(spec.name, spec.unique, kwargs, None)
-        self._sync.enqueue([pending], False, connection, self._test_writer())
-        return pending.id
-
-    def enqueue_many_sync(
-        self,
-        job: str | Callable[..., Any],
-        kwargs_list: Iterable[Mapping[str, Any]],
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        scheduled_at: datetime | timedelta | float | None = None,
-        connection: Any = None,
-    ) -> list[str]:
-        """:meth:`enqueue_many` for code without an event loop (see :meth:`enqueue_sync`)."""
-        refuse_in_event_loop("enqueue_many")
-        jobs = self._pending_many(job, kwargs_list, queue, priority, scheduled_at)
-        if jobs:
-            self._sync.enqueue(jobs, True, connection, self._test_writer())
-        return [j.id for j in jobs]
-
-    def set_sync_connection(self, factory: Callable[[], Any] | None) -> None:
-        """Make ``enqueue_sync`` without ``connection=`` write with ``factory()``'s connection
-        (called per enqueue, on the calling thread), so enqueues join the framework's current
-        transaction: the Django contrib passes Django's connection; with Flask-SQLAlchemy,
-        ``lambda: db.session``. None: Soniq's own connections again."""
-        self._sync.default_connection = factory
 
     def _pending_many(
         self,

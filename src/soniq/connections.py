@@ -16,12 +16,18 @@ Nothing here imports a driver: an adapter is chosen by ``type(conn).__module__``
 the application does not use is never loaded. The statements in :mod:`soniq.sql` use asyncpg's
 ``$n`` placeholders; :func:`pyformat` derives the ``%s`` form the DB-API drivers take, once
 per statement.
+
+The adapters are the stores' driver layer: they run only what a store hands them
+(:mod:`soniq.store`, :mod:`soniq.control_store`, :mod:`soniq.sync_store`), never a statement
+of their own choosing, except the savepoint that brackets a unique enqueue (:meth:`savepoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from .errors import ConfigurationError
@@ -48,9 +54,37 @@ def positional(statement: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, .
     return text, tuple(args[i] for i in order)
 
 
+Rows = Sequence[Sequence[Any]]
+
+# A unique enqueue's own savepoint in the caller's transaction (asyncpg's conn.transaction()
+# does the same): DuplicateJob, or a refused value, undoes the enqueue and leaves the caller's
+# transaction usable.
+_SAVEPOINT = (
+    "SAVEPOINT soniq_unique",
+    "RELEASE SAVEPOINT soniq_unique",
+    ("ROLLBACK TO SAVEPOINT soniq_unique", "RELEASE SAVEPOINT soniq_unique"),
+)
+# A connection in autocommit with no transaction open would commit each statement by itself: a
+# unique enqueue (several statements) opens a transaction of its own there.
+_OWN_TRANSACTION = ("BEGIN", "COMMIT", ("ROLLBACK",))
+
+
+def _brackets(conn: Any) -> tuple[str, str, tuple[str, ...]]:
+    """The statements around a unique enqueue on a psycopg (3 or 2) connection. A connection
+    not in autocommit opens its transaction at the first statement, as a plain enqueue's
+    INSERT would: the caller commits it."""
+    if conn.autocommit and conn.info.transaction_status == 0:  # idle: no transaction open
+        return _OWN_TRANSACTION
+    return _SAVEPOINT
+
+
 class Adapter:
     """Runs a statement with a caller's connection. ``is_async``: whether its methods are
-    awaited (``await app.enqueue``) or called (``app.enqueue_sync``)."""
+    awaited (``await app.enqueue``) or called (``app.enqueue_sync``).
+
+    ``fetch`` returns the rows (read by position; none for a statement without any);
+    ``savepoint(conn)`` is a context manager (async for an async adapter) around statements
+    that must stand or fall together inside the caller's transaction."""
 
     is_async = False
     driver = "?"
@@ -59,6 +93,12 @@ class Adapter:
         raise NotImplementedError
 
     def fetchval(self, conn: Any, query: str, args: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    def fetch(self, conn: Any, query: str, args: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    def savepoint(self, conn: Any) -> Any:
         raise NotImplementedError
 
 
@@ -71,6 +111,13 @@ class AsyncpgAdapter(Adapter):
 
     async def fetchval(self, conn: Any, query: str, args: tuple[Any, ...]) -> Any:
         return await conn.fetchval(query, *args)
+
+    async def fetch(self, conn: Any, query: str, args: tuple[Any, ...]) -> Rows:
+        rows: Rows = await conn.fetch(query, *args)
+        return rows
+
+    def savepoint(self, conn: Any) -> Any:
+        return conn.transaction()  # a savepoint inside a transaction, else one of its own
 
 
 class DbapiAdapter(Adapter):
@@ -89,6 +136,35 @@ class DbapiAdapter(Adapter):
             row = cur.fetchone()
             return row[0] if row else None
 
+    def fetch(self, conn: Any, query: str, args: tuple[Any, ...]) -> Rows:
+        with conn.cursor() as cur:
+            cur.execute(*positional(query, args))
+            return cur.fetchall() if cur.description is not None else []
+
+    @contextlib.contextmanager
+    def savepoint(self, conn: Any) -> Iterator[None]:
+        start, release, undo = _brackets(conn)
+        self.execute(conn, start, ())
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection: the first error tells
+                for statement in undo:
+                    self.execute(conn, statement, ())
+            raise
+        self.execute(conn, release, ())
+
+
+class DjangoAdapter(DbapiAdapter):
+    """Django's connection: statements through its cursor, the savepoint through
+    ``transaction.atomic`` (a savepoint inside an atomic block, a transaction of its own in
+    autocommit), so Django's idea of the connection's state stays true."""
+
+    def savepoint(self, conn: Any) -> Any:
+        from django.db import transaction
+
+        return transaction.atomic(using=conn.alias)
+
 
 class PsycopgAsyncAdapter(Adapter):
     is_async = True
@@ -103,6 +179,24 @@ class PsycopgAsyncAdapter(Adapter):
             await cur.execute(*positional(query, args))
             row = await cur.fetchone()
             return row[0] if row else None
+
+    async def fetch(self, conn: Any, query: str, args: tuple[Any, ...]) -> Rows:
+        async with conn.cursor() as cur:
+            await cur.execute(*positional(query, args))
+            return await cur.fetchall() if cur.description is not None else []
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self, conn: Any) -> AsyncIterator[None]:
+        start, release, undo = _brackets(conn)
+        await self.execute(conn, start, ())
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken connection: the first error tells
+                for statement in undo:
+                    await self.execute(conn, statement, ())
+            raise
+        await self.execute(conn, release, ())
 
 
 def _driver_sql(conn: Any, query: str, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
@@ -131,6 +225,16 @@ class SQLAlchemyAdapter(Adapter):
         c = self._conn(conn)
         return c.exec_driver_sql(*_driver_sql(c, query, args)).scalar()
 
+    def fetch(self, conn: Any, query: str, args: tuple[Any, ...]) -> Rows:
+        c = self._conn(conn)
+        result = c.exec_driver_sql(*_driver_sql(c, query, args))
+        return result.all() if result.returns_rows else []
+
+    def savepoint(self, conn: Any) -> Any:
+        # SQLAlchemy's own SAVEPOINT (a Session's or a Connection's), in the transaction it
+        # has begun or begins now; the caller still commits that one.
+        return conn.begin_nested()
+
 
 class SQLAlchemyAsyncAdapter(Adapter):
     is_async = True
@@ -147,9 +251,18 @@ class SQLAlchemyAsyncAdapter(Adapter):
         c = await self._conn(conn)
         return (await c.exec_driver_sql(*_driver_sql(c, query, args))).scalar()
 
+    async def fetch(self, conn: Any, query: str, args: tuple[Any, ...]) -> Rows:
+        c = await self._conn(conn)
+        result = await c.exec_driver_sql(*_driver_sql(c, query, args))
+        return result.all() if result.returns_rows else []
+
+    def savepoint(self, conn: Any) -> Any:
+        return conn.begin_nested()
+
 
 ASYNCPG = AsyncpgAdapter()
 DBAPI = DbapiAdapter()
+DJANGO = DjangoAdapter()
 PSYCOPG_ASYNC = PsycopgAsyncAdapter()
 SQLALCHEMY = SQLAlchemyAdapter()
 SQLALCHEMY_ASYNC = SQLAlchemyAsyncAdapter()
@@ -175,8 +288,10 @@ def _find(kind: type) -> Adapter:
         return ASYNCPG
     if module == "psycopg":
         return PSYCOPG_ASYNC if "AsyncConnection" in names else DBAPI
-    if module in ("psycopg2", "django"):
+    if module == "psycopg2":
         return DBAPI
+    if module == "django":
+        return DJANGO
     if module == "sqlalchemy":
         if names & _ASYNC_SQLALCHEMY_TYPES:
             return SQLALCHEMY_ASYNC

@@ -2,30 +2,30 @@
 
 Reached as ``store.control``; kept apart so the store's hot paths (enqueue, claim) stay as
 they were and this module holds what unique jobs, snoozes, cancels and queue controls need.
+Unique jobs follow :mod:`soniq.unique_settle`, driven here on asyncpg or an async caller's
+connection (``enqueue_sync`` drives it in :mod:`soniq.sync_store`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import sql_control
+from . import sql, sql_control
+from .connections import adapter_for, refused_data, wrong_side
 from .control import CancelResult, QueueControl
-from .db_errors import BAD_DATA_ERRORS, CONNECTION_ERRORS
-from .errors import DuplicateJob, JobArgumentsError, SoniqError
+from .db_errors import CONNECTION_ERRORS
+from .insert_sql import unstorable
 from .jobs import ClaimedJob
+from .unique_settle import Rows, drive_async, fold_batch, settle, take_ids
 
 if TYPE_CHECKING:
     from .jobs import PendingJob
-    from .middleware import Connection
     from .store import Store
 
-# Rounds of insert / read holders / clear stale before giving up: each round settles every job
-# whose holder it saw, so more than two or three means holders keep changing under us.
-_UNIQUE_ROUNDS = 20
 _NO_SNOOZE_LIMIT = 2**31 - 1
 
 
@@ -34,117 +34,42 @@ class ControlStore:
         self._store = store
 
     # -- unique jobs -----------------------------------------------------------------------
-    async def insert_unique(self, jobs: Sequence[PendingJob], conn: Connection | None) -> None:
+    async def insert_unique(self, jobs: Sequence[PendingJob], conn: Any) -> None:
         """Write unique jobs; each deduplicated one gets the existing id (``deduplicated``).
 
-        Duplicates within the batch are settled here first (the first one is written, with the
-        last one's arguments under ``replace``); the rest is decided by the database, in one
-        transaction (a savepoint inside the caller's), so ``raise`` writes nothing at all.
+        Duplicates within the batch are settled first; the rest is decided by the database
+        (:mod:`soniq.unique_settle`), in one transaction (a savepoint inside the caller's, on
+        ``conn`` of any async driver), so ``raise`` writes nothing at all.
         """
         store = self._store
-        if not store._schema_checked:
-            await store.check_schema(conn)
-        first: dict[str, PendingJob] = {}
-        followers: list[tuple[PendingJob, PendingJob]] = []
-        for job in jobs:
-            assert job.unique is not None
-            prior = first.get(job.unique.key)
-            if prior is None:
-                first[job.unique.key] = job
-                continue
-            conflict = job.unique.rule.on_conflict
-            if conflict == "raise":
-                raise DuplicateJob(
-                    f"Job {job.job_name!r}: the batch holds the same unique key twice "
-                    f"({job.unique.key!r}); nothing was written",
-                    prior.id,
-                )
-            if conflict == "replace":
-                prior.args_json = job.args_json
-                prior.scheduled_at, prior.delay_s = job.scheduled_at, job.delay_s
-                job.replaced = True
-            job.deduplicated = True
-            followers.append((job, prior))
+        firsts, followers = fold_batch(jobs)
         try:
-            if conn is not None:
-                async with conn.transaction():
-                    await self._settle_unique(conn, list(first.values()))
-            else:
+            if conn is None:
+                if not store.schema_checked:
+                    await store.check_schema()
                 pool = await store.pool()
                 async with pool.acquire() as own, own.transaction():
-                    await self._settle_unique(own, list(first.values()))
-        except BAD_DATA_ERRORS as exc:
-            names = ", ".join(sorted({repr(j.spec.name) for j in jobs}))
-            raise JobArgumentsError(
-                f"Job {names} cannot be stored: {exc}. Strings may not contain NUL characters "
-                f"(\\x00) or unpaired surrogates, and priority is a 32-bit integer"
-            ) from None
-        except CONNECTION_ERRORS as exc:
-            if conn is not None:
-                raise
-            raise store.unavailable(exc) from exc
-        for job, prior in followers:
-            job.id = prior.id
+                    await drive_async(settle(firsts), functools.partial(_fetch, own))
+            else:
+                adapter = adapter_for(conn)
+                if not adapter.is_async:
+                    raise wrong_side(adapter, sync_call=False)
+                if not store.schema_checked:
+                    query = store.qualify(sql.CURRENT_VERSION)
+                    store.judge_version(await adapter.fetchval(conn, query, ()))
 
-    async def _settle_unique(self, conn: Any, jobs: list[PendingJob]) -> None:
-        pending = jobs
-        for _ in range(_UNIQUE_ROUNDS):
-            rows = await conn.fetch(sql_control.INSERT_UNIQUE_JOBS, *_unique_arrays(pending))
-            written = {r[0] for r in rows}
-            left = [j for j in pending if j.id not in written]
-            if not left:
-                return
-            keys = [_key(j) for j in left]
-            holders = {
-                r["unique_key"]: r for r in await conn.fetch(sql_control.UNIQUE_HOLDERS, keys)
-            }
-            again: list[PendingJob] = []
-            stale: list[str] = []
-            replace: list[PendingJob] = []
-            for job in left:
-                holder = holders.get(_key(job))
-                if holder is None:  # gone, or committed after this statement's snapshot
-                    again.append(job)
-                elif holder["stale"]:
-                    stale.append(_key(job))
-                    again.append(job)
-                elif _rule(job).on_conflict == "raise":
-                    raise DuplicateJob(
-                        f"Job {job.job_name!r} is already {holder['status']} as {holder['id']} "
-                        f"(unique key {_key(job)!r}); nothing was written",
-                        holder["id"],
-                    )
-                elif _rule(job).on_conflict == "replace" and holder["status"] == "queued":
-                    replace.append(job)
-                else:
-                    job.id, job.deduplicated = holder["id"], True
-            if stale:
-                await conn.execute(sql_control.UNIQUE_CLEAR_STALE, stale)
-            if replace:
-                done = {
-                    r[0]: r[1]
-                    for r in await conn.fetch(
-                        sql_control.UNIQUE_REPLACE,
-                        [_key(j) for j in replace],
-                        [j.args_json for j in replace],
-                        [j.scheduled_at for j in replace],
-                        [j.delay_s for j in replace],
-                        [_rule(j).within_s for j in replace],
-                        ",".join(sorted({j.queue for j in replace})),
-                    )
-                }
-                for job in replace:
-                    if _key(job) in done:
-                        job.id, job.deduplicated, job.replaced = done[_key(job)], True, True
-                    else:
-                        again.append(job)  # claimed meanwhile: look again
-            if not again:
-                return
-            pending = again
-        raise SoniqError(
-            f"Could not settle {len(pending)} unique job(s) after {_UNIQUE_ROUNDS} tries: their "
-            f"existing jobs kept changing state; try the enqueue again"
-        )
+                def run(query: str, args: tuple[Any, ...]) -> Awaitable[Rows]:
+                    return adapter.fetch(conn, store.qualify(query), args)  # type: ignore[no-any-return]
+
+                async with adapter.savepoint(conn):
+                    await drive_async(settle(firsts), run)
+        except Exception as exc:
+            if refused_data(exc):
+                raise unstorable(jobs, exc) from None
+            if conn is None and isinstance(exc, CONNECTION_ERRORS):
+                raise store.unavailable(exc) from exc
+            raise  # a caller's connection: theirs to handle
+        take_ids(followers)
 
     # -- cancel and snooze -----------------------------------------------------------------
     async def cancel_job(self, job_id: str) -> CancelResult:
@@ -244,31 +169,9 @@ class ControlStore:
         return rows
 
 
-def _key(job: PendingJob) -> str:
-    assert job.unique is not None
-    return job.unique.key
-
-
-def _rule(job: PendingJob) -> Any:
-    assert job.unique is not None
-    return job.unique.rule
-
-
-def _unique_arrays(jobs: Sequence[PendingJob]) -> tuple[list[Any], ...]:
-    return (
-        [j.id for j in jobs],
-        [j.spec.name for j in jobs],
-        [j.queue for j in jobs],
-        [j.args_json for j in jobs],
-        [j.priority for j in jobs],
-        [j.spec.max_attempts for j in jobs],
-        [j.scheduled_at for j in jobs],
-        [j.delay_s for j in jobs],
-        [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
-        [_key(j) for j in jobs],
-        [_rule(j).states_literal for j in jobs],
-        [_rule(j).within_s for j in jobs],
-    )
+async def _fetch(conn: Any, query: str, args: tuple[Any, ...]) -> Rows:
+    rows: Rows = await conn.fetch(query, *args)
+    return rows
 
 
 def _control(row: asyncpg.Record) -> QueueControl:

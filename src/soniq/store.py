@@ -1,9 +1,9 @@
 """Database access: the pool, the schema, enqueue and inspection; the one place statements run.
 
-Every statement in :mod:`soniq.sql` is sent from here or from :mod:`soniq.worker_store` (the
-worker's round trip and liveness statements, on the same pool and connections); no other
-module calls ``execute``/``fetch`` on a connection. Methods return typed values
-(:mod:`soniq.jobs`), not rows.
+Every statement in :mod:`soniq.sql` is sent from here, :mod:`soniq.worker_store` (the worker's
+round trip and liveness, same pool) or :mod:`soniq.sync_store` (``enqueue_sync`` on psycopg);
+only store modules call ``execute``/``fetch`` (listed in DEVELOPERS.md). Methods return typed
+values (:mod:`soniq.jobs`), not rows.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from soniq import Unique
 from soniq.contrib.django import app
 
 from .models import Order
@@ -13,3 +14,13 @@ def send_receipt(order_id: int) -> str:
     order = Order.objects.get(pk=order_id)
     Order.objects.filter(pk=order_id).update(receipt_sent=True)
     return f"receipt: {order.quantity} x {order.item}"
+
+
+@app.job(
+    name="shop.restock",
+    queue="stock",
+    unique=Unique(key=lambda args: args["item"], on_conflict="raise"),
+)
+def restock(item: str) -> str:
+    # One restock order per item while one is queued or running: a second raises DuplicateJob.
+    return f"restock ordered: {item}"

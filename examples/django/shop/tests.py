@@ -19,10 +19,11 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import TransactionTestCase
 
+from soniq import DuplicateJob
 from soniq.contrib.django import app
 from soniq.contrib.django.conf import database_url
 
-from .jobs import send_receipt
+from .jobs import restock, send_receipt
 from .models import Order
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,25 @@ class OrderTests(TransactionTestCase):
 
         found = asyncio.run(seen_by_soniq())
         self.assertEqual([j["args"]["order_id"] for j in found if j], [2, 3])
+
+    def test_unique_jobs_inside_transaction_atomic(self) -> None:
+        with transaction.atomic():
+            first = app.enqueue_result_sync(restock, item="lamp")
+            with self.assertRaises(DuplicateJob) as caught:  # book is written, then undone
+                app.enqueue_many_sync(restock, [{"item": "book"}, {"item": "lamp"}])
+            self.assertEqual(caught.exception.existing_id, first.id)
+            Order.objects.create(item="lamp", quantity=1)  # the atomic block goes on
+        self.assertEqual(jobs(), [(first.id, "stock", "queued")])
+        self.assertEqual(Order.objects.count(), 1)
+        with contextlib.suppress(RuntimeError), transaction.atomic():
+            app.enqueue_sync(restock, item="book")
+            raise RuntimeError("rolled back: the key was never held")
+        # Outside atomic (autocommit): a transaction of its own, committed at once.
+        book = app.enqueue_result_sync(restock, item="book")
+        self.assertFalse(book.deduplicated)
+        with self.assertRaises(DuplicateJob):
+            app.enqueue_sync(restock, item="book")
+        self.assertEqual([j[0] for j in jobs()], [first.id, book.id])
 
     def test_manage_py_soniq_commands(self) -> None:
         env = {
