@@ -1,6 +1,7 @@
 """The application object: registry, middleware chain, hooks, enqueue, and starting workers.
 
-It stays thin: SQL lives in :mod:`soniq.sql` behind :class:`soniq.store.Store`, the worker in
+It stays thin: SQL lives in :mod:`soniq.sql` and the ``sql_*`` modules beside it, run by the store
+modules (:class:`soniq.store.Store` and those DEVELOPERS.md lists), the worker in
 :mod:`soniq.worker`, the chain in :mod:`soniq.middleware`; reading and managing jobs
 (``get_job``, dead letters, ``list_jobs``...) is the mixin :mod:`soniq.management`, queue and
 fleet operations the mixin :mod:`soniq.operations`.

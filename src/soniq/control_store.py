@@ -1,4 +1,4 @@
-"""The statements of job control (``sql`` "Job control" section), run for :class:`Store`.
+"""The statements of job control (:mod:`soniq.sql_control`), run for :class:`Store`.
 
 Reached as ``store.control``; kept apart so the store's hot paths (enqueue, claim) stay as
 they were and this module holds what unique jobs, snoozes, cancels and queue controls need.

@@ -1,11 +1,11 @@
 """Results you can await: ``get_result(job_id, wait=seconds)`` through LISTEN/NOTIFY.
 
-A waiter marks its job ``awaited`` (sql.AWAIT_JOB) after LISTENing on sql.RESULTS_CHANNEL; the
-statement that ends an awaited job (the worker's finish, lease recovery, a cancel or delete)
-notifies the channel with the job's id. A job nobody awaits is never notified about, so the
-plain drain sends nothing more. One LISTEN connection per app serves every waiter of the
-process; if it drops, each waiter reads its job again and a new connection is made, so a
-notification lost with the connection is never waited for in vain.
+A waiter marks its job ``awaited`` (sql_manage.AWAIT_JOB) after LISTENing on
+sql.RESULTS_CHANNEL; the statement that ends an awaited job (the worker's finish, lease
+recovery, a cancel or delete) notifies the channel with the job's id. A job nobody awaits is
+never notified about, so the plain drain sends nothing more. One LISTEN connection per app
+serves every waiter of the process; if it drops, each waiter reads its job again and a new
+connection is made, so a notification lost with the connection is never waited for in vain.
 """
 
 from __future__ import annotations

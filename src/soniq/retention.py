@@ -2,7 +2,7 @@
 (``done_retention``, ``cancelled_retention``, ``dead_letter_retention``; 0 keeps them).
 
 Workers call :func:`purge_expired` now and then; one worker of the fleet purges at a time
-(sql.PURGE_EXPIRED takes a transaction-level advisory lock, so the others skip at once), in
+(sql_manage.PURGE_EXPIRED takes a transaction-level advisory lock, so the others skip at once), in
 bounded batches, each its own short transaction, for at most ``budget`` seconds per call.
 """
 

@@ -1,9 +1,11 @@
-"""Database access: the pool, the schema, enqueue and inspection; the one place statements run.
+"""Database access: the pools, the schema, enqueue and inspection.
 
-Every statement in :mod:`soniq.sql` is sent from here, :mod:`soniq.worker_store` (the worker's
-round trip and liveness, same pool) or :mod:`soniq.sync_store` (``enqueue_sync`` on psycopg);
-only store modules call ``execute``/``fetch`` (listed in DEVELOPERS.md). Methods return typed
-values (:mod:`soniq.jobs`), not rows.
+The first of the store modules, the only ones that call ``execute``/``fetch`` (DEVELOPERS.md
+lists them): :mod:`soniq.worker_store` (the worker's round trip and liveness, same pools),
+:mod:`soniq.control_store`, :mod:`soniq.store_admin`, :mod:`soniq.sync_store` (``enqueue_sync``
+on psycopg) and the others share its pools through it. What the app and the worker get back
+are typed values (:mod:`soniq.jobs`, :mod:`soniq.fleet`, :mod:`soniq.queue_state`); ``fetch``
+and ``fetchval`` serve the other store modules only.
 """
 
 from __future__ import annotations
