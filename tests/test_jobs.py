@@ -138,3 +138,11 @@ async def test_a_claimed_job_is_a_typed_row_whose_start_may_be_written_first(
     assert not plain.start_written_first
     assert suspect.start_written_first
     assert last.start_written_first  # its last attempt
+
+
+def test_every_list_of_states_and_outcomes_is_the_one_in_jobs() -> None:
+    from soniq import unique
+    from soniq.testing.outcomes import OUTCOME_NAMES
+
+    assert set(OUTCOME_NAMES) == {o.value for o in Outcome}
+    assert tuple(s.value for s in JobStatus) == unique.STATES

@@ -18,10 +18,11 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from .errors import ConfigurationError, JobArgumentsError
+from .jobs import JobStatus
 
 OnConflict = Literal["return_existing", "replace", "raise"]
 ON_CONFLICT: tuple[str, ...] = ("return_existing", "replace", "raise")
-STATES: tuple[str, ...] = ("queued", "processing", "done", "dead_letter", "cancelled")
+STATES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from typing import Any
 
 from starlette.datastructures import QueryParams
 
-STATES = ("queued", "processing", "done", "dead_letter", "cancelled")
+from soniq import JobStatus
+
+STATES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 MAX_PAGE = 200
 
 

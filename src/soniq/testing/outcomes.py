@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, SupportsIndex, overload
+from typing import Any, Literal, SupportsIndex, get_args, overload
 
 from ..errors import SoniqError
 
 #: Every fate of an attempt. ``snoozed`` and ``cancelled`` are the values a job that snoozes
 #: itself or is cancelled while running ends with; the kit reports whatever the chain settled.
 OutcomeName = Literal["done", "retry", "dead_letter", "snoozed", "cancelled"]
-OUTCOME_NAMES: tuple[OutcomeName, ...] = ("done", "retry", "dead_letter", "snoozed", "cancelled")
+OUTCOME_NAMES: tuple[OutcomeName, ...] = get_args(OutcomeName)
+# The Literal is what type checkers see; it spells the chain's own list, jobs.Outcome
+# (tests/test_jobs.py checks the two agree).
 
 
 class DrainLimitExceeded(SoniqError, RuntimeError):
