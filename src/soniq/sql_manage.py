@@ -20,9 +20,10 @@ DELETABLE = ("queued", "done", "dead_letter", "cancelled")  # never one a worker
 def list_jobs(statuses: tuple[str, ...], where: str, *, limit: str, offset: str = "0") -> str:
     """Newest first: one ordered index scan per state, merged (a Merge Append that stops at
     the page's end), then the page's rows read by id. The scans read index entries only (see
-    migration 4), and a keyset page starts where the last ended, so every page costs the same
-    to the end. A filter value that is rare among done or queued jobs costs a scan of their
-    index entries until a page is found (40-100 ms for 0.05 % at 1M jobs, bench/list_jobs.py).
+    migrations 4 and 7), and a keyset page starts where the last ended, so every page costs
+    the same to the end. A queue or job name rare among done or queued jobs is tested on the
+    index's key while the scan walks back to a page's worth of matches (about 10 ms for a name
+    in 0.05 % of 1M jobs, bench/list_jobs.py); one that no done job has reads all of them.
 
     ``statuses`` are validated enum values written as literals: a partial index is used only
     where the planner can prove its predicate from the query, which a parameter never lets it.
