@@ -8,9 +8,9 @@ do not move with the load on a shared machine, so two schemas compare in one sma
 ``--base`` is the root of another checkout (e.g. ``git archive main | tar -x -C DIR``); its
 ``src`` is run in a subprocess. ``--dead-letters N`` first writes N dead-lettered jobs (as a
 production table keeps them: dead letters have no default retention), so a listing index
-that holds them and done jobs alike shows what it costs a finish. The round trips are the worker's own statement
-(``sql.finish_and_claim``), claiming 100 and recording the previous 100 as done, as a busy
-worker at concurrency 100 would.
+that holds them and done jobs alike shows what it costs a finish. The round trips are the
+worker's own statement (``sql.finish_and_claim``), claiming 100 and recording the previous
+100 as done, as a busy worker at concurrency 100 would.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ The jobs are written server-side as the scale check writes its rows (time-ordere
 INSERT ... SELECT FROM generate_series), then VACUUM ANALYZE as autovacuum would. Their mix is
 a production table's, skewed on purpose so that rare values are tested too: 85 % done, 5 %
 dead-lettered, 2 % cancelled, 8 % queued, 200 processing; eight queues from 60 % down to
-0.1 %; twenty job names down to 0.05 %, and one no job has; created over 30 days. Each figure is the median of
-seven warm runs, in milliseconds.
+0.1 %; twenty job names down to 0.05 %, and one that no job has; created over 30 days. Each
+figure is the median of seven warm runs, in milliseconds.
 """
 
 from __future__ import annotations
