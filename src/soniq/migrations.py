@@ -309,17 +309,17 @@ MIGRATIONS: list[str] = [
     # dead letters and cancelled ones and split its pages half full. Dead-lettered and
     # cancelled jobs get soniq_jobs_failed in its place, which a plain drain never writes.
     # Deduplication is off: no two entries are equal (id is in the key), so a pass before
-    # each page split would look for duplicates and find none.
+    # each page split would look for duplicates and find none. soniq_jobs_queued_created keeps
+    # queue and job_name as INCLUDE columns: as keys, the claim (job_name = ANY, queue) could
+    # use them as index conditions, and a planner without statistics then read every queued
+    # row through that index and sorted them (tests/test_claim_plan.py).
     """
-    DROP INDEX IF EXISTS soniq_jobs_ended, soniq_jobs_queued_created;
+    DROP INDEX IF EXISTS soniq_jobs_ended;
     CREATE INDEX IF NOT EXISTS soniq_jobs_done
         ON soniq_jobs (created_at, id, queue, job_name) WITH (deduplicate_items = off)
         WHERE status = 'done';
     CREATE INDEX IF NOT EXISTS soniq_jobs_failed
         ON soniq_jobs (status, created_at, id, queue, job_name) WITH (deduplicate_items = off)
         WHERE status IN ('dead_letter', 'cancelled');
-    CREATE INDEX IF NOT EXISTS soniq_jobs_queued_created
-        ON soniq_jobs (created_at, id, queue, job_name) WITH (deduplicate_items = off)
-        WHERE status = 'queued';
     """,
 ]
