@@ -298,9 +298,9 @@ MIGRATIONS: list[str] = [
     """,
     # 7: listing indexes keyed on what a listing filters, at no cost to the drain. Schema 4's
     # soniq_jobs_ended carried queue and job_name as INCLUDE columns, which an index scan can
-    # only test after returning each entry to the executor (visibility map check, tuple
-    # formed, filter evaluated: ~0.5 us); as trailing key columns the same bytes are tested
-    # inside the B-tree while it walks the page, about three times faster, and the entries
+    # only test after returning each entry to the executor (visibility map checked, tuple
+    # formed, filter evaluated); as trailing key columns the same bytes are tested inside
+    # the B-tree while it walks the page, about three times faster, and the entries
     # are exactly as wide (the key is unique at (created_at, id), so queue and job_name never
     # decide an entry's place). A job that succeeds still enters one listing index as it
     # finishes (soniq_jobs_done), but that index holds done jobs only, keyed by time first:

@@ -22,8 +22,8 @@ def list_jobs(statuses: tuple[str, ...], where: str, *, limit: str, offset: str 
     the page's end), then the page's rows read by id. The scans read index entries only (see
     migrations 4 and 7), and a keyset page starts where the last ended, so every page costs
     the same to the end. A queue or job name rare among done or queued jobs is tested on the
-    index's key while the scan walks back to a page's worth of matches (about 10 ms for a name
-    in 0.05 % of 1M jobs, bench/list_jobs.py); one that no done job has reads all of them.
+    index's key while the scan walks back to a page's worth of matches (16-21 ms for a name in
+    0.05 % of 1M jobs, bench/list_jobs.py); one that no done job has reads all of them.
 
     ``statuses`` are validated enum values written as literals: a partial index is used only
     where the planner can prove its predicate from the query, which a parameter never lets it.
