@@ -23,8 +23,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from bench.common import admin_url, create_database, drop_database
-from soniq import Soniq, sql_manage
+from soniq import Soniq
 from soniq.job_filters import make_filter
+from soniq.store_admin import list_query
 
 # Index names in a plan (the table's aliases, soniq_jobs_1 ..., are not indexes).
 _INDEX = re.compile(r"Scan (?:Backward )?using (\w+)|Bitmap Index Scan on (\w+)")
@@ -93,9 +94,7 @@ async def _time(call: Any) -> float:
 
 
 async def _indexes(app: Soniq, filters: dict[str, Any]) -> str:
-    f = make_filter(**filters)
-    where, args = f.where(3)
-    query = sql_manage.list_jobs(f.statuses, where, limit="$1::int", offset="$2::int")
+    query, args = list_query(make_filter(**filters))
     pool = await app.pool()
     plan = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + query, LIMIT, 0, *args))
     used = sorted({a or b for a, b in _INDEX.findall(plan)})

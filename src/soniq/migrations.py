@@ -309,12 +309,18 @@ MIGRATIONS: list[str] = [
     # dead letters and cancelled ones and split its pages half full. Dead-lettered and
     # cancelled jobs get soniq_jobs_failed in its place, which a plain drain never writes.
     # Deduplication is off: no two entries are equal (id is in the key), so a pass before
-    # each page split would look for duplicates and find none. soniq_jobs_queued_created keeps
-    # queue and job_name as INCLUDE columns: as keys, the claim (job_name = ANY, queue) could
-    # use them as index conditions, and a planner without statistics then read every queued
-    # row through that index and sorted them (tests/test_claim_plan.py).
+    # each page split would look for duplicates and find none. soniq_jobs_queued_created gets
+    # queue and job_name as keys too, but under the "C" collation, which the listing's
+    # condition on queued jobs names (JobFilter.where(byte_order=True)) and the claim's do
+    # not: a key column is offered only to conditions of its collation, and with the claim's
+    # job_name = ANY as an index condition a planner without statistics read every queued row
+    # through this index and sorted them for each claim (tests/test_claim_plan.py). Equality
+    # is the same under any deterministic collation, so the listing matches the same rows.
     """
-    DROP INDEX IF EXISTS soniq_jobs_ended;
+    DROP INDEX IF EXISTS soniq_jobs_ended, soniq_jobs_queued_created;
+    CREATE INDEX IF NOT EXISTS soniq_jobs_queued_created
+        ON soniq_jobs (created_at, id, queue COLLATE "C", job_name COLLATE "C")
+        WITH (deduplicate_items = off) WHERE status = 'queued';
     CREATE INDEX IF NOT EXISTS soniq_jobs_done
         ON soniq_jobs (created_at, id, queue, job_name) WITH (deduplicate_items = off)
         WHERE status = 'done';
