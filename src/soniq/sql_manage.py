@@ -29,7 +29,7 @@ def list_jobs(
     the page's end), then the page's rows read by id. The scans read index entries only (see
     migrations 4 and 7), and a keyset page starts where the last ended, so every page costs
     the same to the end. A queue or job name rare among done or queued jobs is tested on the
-    index's key while the scan walks back to a page's worth of matches (16-21 ms for a name in
+    index's key while the scan walks back to a page's worth of matches (10-11 ms for a name in
     0.05 % of 1M jobs, bench/list_jobs.py); one that no done job has reads all of them.
 
     ``statuses`` are validated enum values written as literals: a partial index is used only
