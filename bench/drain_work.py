@@ -6,9 +6,11 @@ do not move with the load on a shared machine, so two schemas compare in one sma
     .venv/bin/python -m bench.drain_work --base /tmp/main-src  # and another checkout's src
 
 ``--base`` is the root of another checkout (e.g. ``git archive main | tar -x -C DIR``); its
-``src`` is run in a subprocess. The round trips are the worker's own statement
-(``sql.finish_and_claim``), claiming 100 and recording the previous 100 as done, as a busy
-worker at concurrency 100 would.
+``src`` is run in a subprocess. ``--dead-letters N`` first writes N dead-lettered jobs (as a
+production table keeps them: dead letters have no default retention), so a listing index
+that holds them and done jobs alike shows what it costs a finish. The round trips are the
+worker's own statement (``sql.finish_and_claim``), claiming 100 and recording the previous
+100 as done, as a busy worker at concurrency 100 would.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _add(plan: dict[str, Any], totals: dict[str, float]) -> None:
         totals[key] = totals.get(key, 0) + plan.get(key, 0)
 
 
-async def measure(jobs: int) -> dict[str, dict[str, float]]:
+async def measure(jobs: int, dead_letters: int = 0) -> dict[str, dict[str, float]]:
     import asyncpg
 
     from soniq import Soniq, sql
@@ -43,6 +45,13 @@ async def measure(jobs: int) -> dict[str, dict[str, float]]:
             await app.setup()
         conn = await asyncpg.connect(url)
         try:
+            await conn.execute(
+                "INSERT INTO soniq_jobs (id, job_name, queue, args, max_attempts, status, "
+                "created_at, finished_at) SELECT gen_random_uuid(), 'failing', 'default', '{}', "
+                "3, 'dead_letter', now() - interval '1 day', now() - interval '1 day' "
+                "FROM generate_series(1, $1)",
+                dead_letters,
+            )
             enqueue: dict[str, float] = {}
             for _ in range(jobs // 100):
                 text = await conn.fetchval(
@@ -83,7 +92,9 @@ async def measure(jobs: int) -> dict[str, dict[str, float]]:
                 ]
                 if not done:
                     break
-            left = await conn.fetchval("SELECT count(*) FROM soniq_jobs WHERE status <> 'done'")
+            left = await conn.fetchval(
+                "SELECT count(*) FROM soniq_jobs WHERE status NOT IN ('done', 'dead_letter')"
+            )
             assert left == 0, f"{left} jobs not drained"
         finally:
             await conn.close()
@@ -104,9 +115,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--base", help="root of another checkout to compare with")
+    parser.add_argument("--dead-letters", type=int, default=0, help="dead letters written first")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    here = asyncio.run(measure(opts.jobs))
+    here = asyncio.run(measure(opts.jobs, opts.dead_letters))
     if opts.json:
         print(json.dumps(here))
         return
@@ -114,7 +126,16 @@ def main() -> None:
     if opts.base:
         env = {**os.environ, "PYTHONPATH": os.path.join(opts.base, "src") + os.pathsep + ROOT}
         out = subprocess.run(
-            [sys.executable, "-m", "bench.drain_work", "--jobs", str(opts.jobs), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "bench.drain_work",
+                "--jobs",
+                str(opts.jobs),
+                "--dead-letters",
+                str(opts.dead_letters),
+                "--json",
+            ],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -149,8 +149,10 @@ async def test_migrating_an_older_schema_keeps_every_job(empty_database_url: str
         "soniq_jobs_due",
         "soniq_jobs_processing",
         "soniq_jobs_dead_letter",
-        "soniq_jobs_ended",
+        "soniq_jobs_done",
+        "soniq_jobs_failed",
         "soniq_jobs_queued_created",
         "soniq_jobs_failed_queue",
         "soniq_jobs_failed_name",
     } <= indexes
+    assert "soniq_jobs_ended" not in indexes  # schema 7 replaced it (soniq_jobs_done, _failed)

@@ -78,7 +78,7 @@ async def test_one_purger_at_a_time(clean_db: str, db: asyncpg.Connection) -> No
 async def test_purge_reads_only_rows_that_may_have_expired(
     clean_db: str, db: asyncpg.Connection
 ) -> None:
-    """The done/cancelled scan is bounded by created_at on soniq_jobs_ended: a million fresh
+    """The done/cancelled scan is bounded by created_at on soniq_jobs_done: a million fresh
     done rows are not read to find that none has expired."""
     await _rows(db, "done", 5000, age_s=10)
     await db.execute("ANALYZE soniq_jobs")
@@ -89,7 +89,7 @@ async def test_purge_reads_only_rows_that_may_have_expired(
         )
     )
     done_part = plan.split("CTE cancelled")[0]
-    assert "soniq_jobs_ended" in done_part, plan
+    assert "soniq_jobs_done" in done_part, plan
     assert "Rows Removed by Filter" not in done_part, plan  # nothing read to be thrown away
 
 

@@ -49,20 +49,24 @@ class JobFilter:
             )
         )
 
-    def where(self, first: int) -> tuple[str, list[Any]]:
+    def where(self, first: int, *, byte_order: bool = False) -> tuple[str, list[Any]]:
         """A parameterised conjunction (states apart: the statements write those as literals,
-        see sql.list_jobs), numbering parameters from ``$first``."""
+        see sql.list_jobs), numbering parameters from ``$first``. ``byte_order`` compares
+        queue and job_name under the "C" collation, the one the queued jobs' listing index
+        keys them with (migration 7); equality is the same under any deterministic collation,
+        so the rows matched are too."""
         conditions: list[str] = []
         args: list[Any] = []
+        collate = ' COLLATE "C"' if byte_order else ""
 
         def add(template: str, value: Any) -> None:
             args.append(value)
             conditions.append(template.format(f"${first + len(args) - 1}"))
 
         if self.queue is not None:
-            add("queue = {}::text", self.queue)
+            add(f"queue{collate} = {{}}::text", self.queue)
         if self.job_name is not None:
-            add("job_name = {}::text", self.job_name)
+            add(f"job_name{collate} = {{}}::text", self.job_name)
         if self.args_contains is not None:
             add("args @> {}::jsonb", self.args_contains)
         if self.created_after is not None:

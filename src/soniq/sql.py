@@ -7,7 +7,7 @@ DEVELOPERS.md lists) run these statements; the rest of the code calls their meth
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # One advisory lock key for migrations, so two processes running ``soniq setup`` at once
 # serialise instead of racing on CREATE statements.

@@ -5,9 +5,10 @@ from __future__ import annotations
 # ---------------------------------------------------------------------------------------------
 # The fleet as people look at it (soniq_dashboard): workers, and the jobs of the last window.
 # Both stay cheap on a table of millions: the workers table is small, and the window reads at
-# most $2 ended jobs of each state, newest first, through soniq_jobs_ended (status, created_at).
-# The window is on created_at, the key of that index (an index on finished_at would cost every
-# drained job one more entry): jobs enqueued in the window that have ended.
+# most $2 ended jobs of each state, newest first, through the listing indexes keyed by
+# created_at (soniq_jobs_done, soniq_jobs_failed). The window is on created_at, their key (an
+# index on finished_at would cost every drained job one more entry): jobs enqueued in the
+# window that have ended.
 
 LIST_WORKERS = """
 SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at,

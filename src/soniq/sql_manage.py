@@ -17,20 +17,30 @@ CANCELLABLE = ("queued",)
 DELETABLE = ("queued", "done", "dead_letter", "cancelled")  # never one a worker is running
 
 
-def list_jobs(statuses: tuple[str, ...], where: str, *, limit: str, offset: str = "0") -> str:
+def list_jobs(
+    statuses: tuple[str, ...],
+    where: str,
+    *,
+    limit: str,
+    offset: str = "0",
+    queued_where: str | None = None,
+) -> str:
     """Newest first: one ordered index scan per state, merged (a Merge Append that stops at
     the page's end), then the page's rows read by id. The scans read index entries only (see
-    migration 4), and a keyset page starts where the last ended, so every page costs the same
-    to the end. A filter value that is rare among done or queued jobs costs a scan of their
-    index entries until a page is found (40-100 ms for 0.05 % at 1M jobs, bench/list_jobs.py).
+    migrations 4 and 7), and a keyset page starts where the last ended, so every page costs
+    the same to the end. A queue or job name rare among done or queued jobs is tested on the
+    index's key while the scan walks back to a page's worth of matches (10-11 ms for a name in
+    0.05 % of 1M jobs, bench/list_jobs.py); one that no done job has reads all of them.
 
     ``statuses`` are validated enum values written as literals: a partial index is used only
     where the planner can prove its predicate from the query, which a parameter never lets it.
-    ``where`` is a conjunction of parameterised conditions (``TRUE`` for none).
+    ``where`` is a conjunction of parameterised conditions (``TRUE`` for none);
+    ``queued_where`` the same conditions for queued jobs, their queue and job name compared
+    under the collation their listing index keys them with (JobFilter.where(byte_order=True)).
     """
     parts = [
         f"""(SELECT created_at AS k_created, id AS k_id FROM soniq_jobs
-    WHERE status = '{status}' AND {where}
+    WHERE status = '{status}' AND {queued_where if status == "queued" and queued_where else where}
     ORDER BY created_at DESC, id DESC LIMIT {limit} + {offset})"""
         for status in statuses
     ]

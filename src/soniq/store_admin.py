@@ -72,12 +72,7 @@ class AdminStore:
     ) -> list[JobInfo]:
         """Newest first; ``after`` is the (created_at, id) of the last row of the previous
         page (keyset paging)."""
-        where, args = job_filter.where(3)
-        if after is not None:
-            where += f" AND (created_at, id) < (${len(args) + 3}::timestamptz, "
-            where += f"${len(args) + 4}::uuid)"
-            args.extend(after)
-        query = sql.list_jobs(job_filter.statuses, where, limit="$1::int", offset="$2::int")
+        query, args = list_query(job_filter, after)
         rows = await self._store.fetch(query, limit, offset, *args)
         return [job_row_to_dict(row) for row in rows]
 
@@ -130,6 +125,23 @@ class AdminStore:
             await self._store.fetch(sql.PURGE_EXPIRED, done_s, cancelled_s, dead_letter_s, batch)
         )[0]
         return Purged(bool(row["held"]), row["done"], row["cancelled"], row["dead_letter"])
+
+
+def list_query(
+    job_filter: JobFilter, after: tuple[datetime, str] | None = None
+) -> tuple[str, list[Any]]:
+    """The listing statement and its arguments after $1 (limit) and $2 (offset)."""
+    where, args = job_filter.where(3)
+    queued_where, _ = job_filter.where(3, byte_order=True)
+    if after is not None:
+        keyset = f" AND (created_at, id) < (${len(args) + 3}::timestamptz, ${len(args) + 4}::uuid)"
+        where += keyset
+        queued_where += keyset
+        args.extend(after)
+    query = sql.list_jobs(
+        job_filter.statuses, where, limit="$1::int", offset="$2::int", queued_where=queued_where
+    )
+    return query, args
 
 
 def _outcome(rows: list[Any]) -> Outcome | None:
