@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from .errors import ConfigurationError
+from .jobs import JobStatus
 
 # The values of the soniq_job_status enum, in a job's life order.
-STATUSES: tuple[str, ...] = ("queued", "processing", "done", "dead_letter", "cancelled")
+STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 
 ACTIONS: tuple[str, ...] = ("retry", "cancel", "delete")
 

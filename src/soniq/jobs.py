@@ -292,3 +292,22 @@ class JobInfo(TypedDict):
     # The W3C trace context the job carries (its enqueue's, or its last attempt's span for the
     # next attempt to link), e.g. {"traceparent": "00-<trace id>-<span id>-01"}; None untraced.
     trace_context: dict[str, str] | None
+
+
+#: The states a job ends in (nothing runs it again unless someone retries it).
+FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.DEAD_LETTER, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnding:
+    """Where a job stands, as ``get_result`` reads it: its status and what it left behind."""
+
+    status: JobStatus
+    result: Any
+    last_error: str | None
+    attempts: int
+    errors: list[ErrorEntry]
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES

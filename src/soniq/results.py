@@ -19,8 +19,9 @@ import asyncpg
 from . import sql
 from .db_errors import CONNECTION_ERRORS
 from .errors import JobCancelled, JobFailed, JobNotFound
+from .jobs import JobEnding
 from .store import Store
-from .store_admin import AdminStore, Outcome
+from .store_admin import AdminStore
 
 # How often a waiter that cannot LISTEN (PgBouncer, no listen_database_url) reads its job.
 _POLL_S = 0.25
@@ -36,7 +37,7 @@ class ResultWaiter:
         # job id -> the futures of the waiters on it (several may wait on one job)
         self._waiting: dict[str, set[asyncio.Future[None]]] = {}
 
-    async def wait(self, job_id: str, timeout: float) -> Outcome:
+    async def wait(self, job_id: str, timeout: float) -> JobEnding:
         """Until the job is done, dead-lettered or cancelled; TimeoutError past ``timeout``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -126,7 +127,7 @@ class ResultWaiter:
             await conn.close(timeout=self._store.connect_timeout)
 
 
-def unwrap(job_id: str, outcome: Outcome) -> Any:
+def unwrap(job_id: str, outcome: JobEnding) -> Any:
     """The result of a finished job, or the error that says why there is none."""
     if outcome.status == "dead_letter":
         raise JobFailed(job_id, outcome.last_error, outcome.attempts, outcome.errors)

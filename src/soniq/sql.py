@@ -380,9 +380,6 @@ SELECT name, 'concurrency_limit', concurrency, NULL FROM soniq_queues
 WHERE concurrency IS NOT NULL
 """
 
-# The one process of a fleet that reports queue state holds this session advisory lock, so
-# that sum() over all scraped processes counts every job once.
-METRICS_LEADER_LOCK_KEY = 0x50_4E_49_52  # next to MIGRATION_LOCK_KEY, distinct from it
 
 TRY_ADVISORY_LOCK = "SELECT pg_try_advisory_lock($1)"
 

@@ -1,6 +1,7 @@
 """The SQL of managing jobs (issue 17): listing, acting on many, awaited results, stats and
-retention. Run by :class:`soniq.store_admin.AdminStore` only; the schema (migration 4), the
-worker's finish and lease recovery, which keep the error history, are in :mod:`soniq.sql`.
+retention. Run by :class:`soniq.store_admin.AdminStore` only; the schema is in
+:mod:`soniq.migrations` (migrations 4 and 7), and the worker's finish and lease recovery, which
+keep the error history, in :mod:`soniq.sql` and :mod:`soniq.sql_liveness`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from .sql import JOB_COLUMNS, NOTIFY_CHANNEL, RESULTS_CHANNEL
 
 # One worker of a fleet purges at a time: a transaction-level lock, released by the purge's
 # own commit, so a worker that dies mid-purge holds nothing.
-RETENTION_LOCK_KEY = 0x50_4E_49_53  # next to METRICS_LEADER_LOCK_KEY, distinct from it
+RETENTION_LOCK_KEY = 0x50_4E_49_53  # next to sql.MIGRATION_LOCK_KEY, distinct from it
 
 # The states a job may be acted on from.
 RETRYABLE = ("done", "dead_letter", "cancelled")

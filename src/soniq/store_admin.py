@@ -1,5 +1,5 @@
-"""The store's half for managing jobs: one method per statement of the management section of
-:mod:`soniq.sql`, each returning plain values (dicts shaped like ``get_job``'s, counts)."""
+"""The store's half for managing jobs: one method per statement of :mod:`soniq.sql_manage`,
+each returning typed or plain values (dicts shaped like ``get_job``'s, counts, JobEnding)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from . import sql_manage as sql
 from .job_filters import STATUSES, JobFilter
-from .jobs import ErrorEntry, JobInfo
+from .jobs import JobEnding, JobInfo, JobStatus
 from .store import Store, job_row_to_dict, parse_errors
 
 # Rows one bulk statement changes: each is its own short transaction, so an action on a
@@ -28,21 +28,6 @@ _ACTION_SQL = {
     "cancel": sql.cancel_jobs,
     "delete": sql.delete_jobs,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """Where a job stands, as get_result needs it."""
-
-    status: str
-    result: Any
-    last_error: str | None
-    attempts: int
-    errors: list[ErrorEntry]
-
-    @property
-    def final(self) -> bool:
-        return self.status in ("done", "dead_letter", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +96,11 @@ class AdminStore:
     async def queue_stats(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self._store.fetch(sql.QUEUE_STATS)]
 
-    async def await_job(self, job_id: str) -> Outcome | None:
+    async def await_job(self, job_id: str) -> JobEnding | None:
         """Mark the job as awaited and read where it stands (None: no such job)."""
         return _outcome(await self._store.fetch(sql.AWAIT_JOB, job_id))
 
-    async def read_outcome(self, job_id: str) -> Outcome | None:
+    async def read_outcome(self, job_id: str) -> JobEnding | None:
         return _outcome(await self._store.fetch(sql.READ_OUTCOME, job_id))
 
     async def purge_expired(
@@ -144,12 +129,12 @@ def list_query(
     return query, args
 
 
-def _outcome(rows: list[Any]) -> Outcome | None:
+def _outcome(rows: list[Any]) -> JobEnding | None:
     if not rows:
         return None
     status, result, last_error, attempts, errors = rows[0]
-    return Outcome(
-        status=status,
+    return JobEnding(
+        status=JobStatus(status),
         result=None if result is None else json.loads(result),
         last_error=last_error,
         attempts=attempts,
@@ -157,4 +142,4 @@ def _outcome(rows: list[Any]) -> Outcome | None:
     )
 
 
-__all__ = ["STATUSES", "AdminStore", "Outcome", "Purged"]
+__all__ = ["STATUSES", "AdminStore", "Purged"]
