@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import soniq
 from soniq.errors import JobTimeout
-from soniq.middleware import CallNext, EnqueueContext, EnqueueNext, Middleware
+from soniq.middleware import EnqueueContext, EnqueueNext, ObservingLayer
 
 from . import attributes as A
 from .config import OtelConfig
@@ -103,7 +103,7 @@ class _JobAttrs:
         return attrs
 
 
-class OtelMetrics(Middleware):
+class OtelMetrics(ObservingLayer):
     """Built-in telemetry layer (order 31: inside tracing, so histogram exemplars point at
     the attempt's span); added by ``app.instrument(otel={"metrics": True})``."""
 
@@ -234,30 +234,31 @@ class OtelMetrics(Middleware):
         self.sent.add(len(ctx.jobs), attrs)
 
     # -- attempts ------------------------------------------------------------------------------
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+    def begin(self, ctx: AttemptContext) -> tuple[_JobAttrs, float]:
         if not self._resolved:
             self._resolve()
         job = self._job(ctx.queue, ctx.job_name)
         process = job.process
         self.consumed.add(1, process)
         self.queue_wait.record(ctx.queue_wait_s, process)
-        started = time.perf_counter()
-        error: Exception | None = None
-        try:
-            return await call_next(ctx)
-        except Exception as exc:
-            error = exc
-            raise
-        finally:
-            outcome = ctx.outcome
-            # No outcome: cancelled by a worker shutdown; the attempt goes back uncounted.
-            if outcome is not None:
-                ms = ctx.duration_ms  # the job function's own time, when it was called
-                seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
-                # str(): an Outcome is its text; the attribute is a plain string.
-                attrs = job.ended(str(outcome), None if error is None else _error_type(error))
-                self.process_duration.record(seconds, attrs)
-                self.attempts.add(1, attrs)
+        return job, time.perf_counter()
+
+    def end(
+        self, ctx: AttemptContext, state: tuple[_JobAttrs, float], error: BaseException | None
+    ) -> None:
+        outcome = ctx.outcome
+        # No outcome: cancelled by a worker shutdown; the attempt goes back uncounted.
+        if outcome is None:
+            return
+        job, started = state
+        ms = ctx.duration_ms  # the job function's own time, when it was called
+        seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
+        # A CancelledError (cancel_job) is not a failure: no error.type.
+        error_type = _error_type(error) if isinstance(error, Exception) else None
+        # str(): an Outcome is its text; the attribute is a plain string.
+        attrs = job.ended(str(outcome), error_type)
+        self.process_duration.record(seconds, attrs)
+        self.attempts.add(1, attrs)
 
 
 def _error_type(error: BaseException) -> str:
