@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import soniq
 from soniq.errors import JobTimeout
+from soniq.instrumentation import BoundedLabel
 from soniq.middleware import EnqueueContext, EnqueueNext, ObservingLayer
 
 from . import attributes as A
@@ -43,30 +43,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 Attrs = dict[str, "AttributeValue"]
-
-
-class _Bounded:
-    """Raw names to attribute values, at most ``cap`` distinct ones; past the cap, or
-    rejected by ``allowed``, a value becomes ``overflow`` (not remembered, so a job registered
-    later still gets its own)."""
-
-    def __init__(self, cap: int, overflow: str, allowed: Callable[[str], bool] | None) -> None:
-        self._cap = cap
-        self._overflow = overflow
-        self._allowed = allowed
-        self._accepted: set[str] = set()
-
-    def __call__(self, value: str) -> str:
-        if value in self._accepted:
-            return value
-        if (
-            len(self._accepted) >= self._cap
-            or value == self._overflow
-            or (self._allowed is not None and not self._allowed(value))
-        ):
-            return self._overflow
-        self._accepted.add(value)
-        return value
 
 
 class _JobAttrs:
@@ -114,8 +90,8 @@ class OtelMetrics(ObservingLayer):
         self.app = app
         self.config = config
         self.provider: Any = None
-        self._queues = _Bounded(config.max_queues, config.overflow_label, None)
-        self._names = _Bounded(
+        self._queues = BoundedLabel(config.max_queues, config.overflow_label, None)
+        self._names = BoundedLabel(
             config.max_job_names, config.overflow_label, app.registry.__contains__
         )
         self._by_raw: dict[tuple[str, str], _JobAttrs] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
@@ -193,7 +193,8 @@ class TracingMiddleware(ObservingLayer):
     # -- attempts ----------------------------------------------------------------------------
     def begin(self, ctx: AttemptContext) -> tuple[trace.Span, Token[otel_context.Context]]:
         tracer = self._tracer if self._tracer is not None else self.tracer
-        parent, links = self._relations(ctx)
+        # A job enqueued without tracing carries nothing to relate to: a fresh root.
+        parent, links = self._relations(ctx) if ctx.trace_context else (_ROOT, ())
         name, static = self._static_of(ctx)
         attrs: dict[str, AttributeValue] = {
             **static,
@@ -222,12 +223,17 @@ class TracingMiddleware(ObservingLayer):
     ) -> None:
         span, token = state
         otel_context.detach(token)
+        if error is None and ctx.result is None:  # the common case: done, nothing returned
+            if span.is_recording():
+                span.set_attribute(A.JOB_OUTCOME, ctx.outcome or "done")
+            span.end()
+            return
         if error is None or isinstance(error, Exception):
             self._end_attempt(span, ctx, error, interrupted=False)
         else:  # CancelledError: shutdown or cancel_job stopped it
             self._end_attempt(span, ctx, None, interrupted=True)
 
-    def _relations(self, ctx: AttemptContext) -> tuple[otel_context.Context, list[Link]]:
+    def _relations(self, ctx: AttemptContext) -> tuple[otel_context.Context, Sequence[Link]]:
         """The attempt's parent context and links, from what its job carries."""
         carrier = ctx.trace_context
         if not carrier:

@@ -29,6 +29,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
+from soniq.instrumentation import BoundedLabel
+
 from .config import PrometheusConfig
 
 OUTCOMES = ("done", "retry", "dead_letter", "snoozed", "cancelled")
@@ -375,33 +377,7 @@ def _labels(span: ExemplarSpan | None) -> dict[str, str] | None:
     return None if span is None else exemplar_labels(span)
 
 
-# -- bounded labels ---------------------------------------------------------------------------
-class BoundedLabel:
-    """Maps raw values (queue names, job names) to label values, at most ``cap`` distinct
-    ones; a value past the cap, or one ``allowed`` rejects, becomes ``overflow``."""
-
-    def __init__(
-        self, cap: int, overflow: str, allowed: Callable[[str], bool] | None = None
-    ) -> None:
-        self._cap = cap
-        self._overflow = overflow
-        self._allowed = allowed
-        self._accepted: set[str] = set()
-
-    def __call__(self, value: str) -> str:
-        if value in self._accepted:
-            return value
-        if (
-            len(self._accepted) >= self._cap
-            or value == self._overflow
-            or (self._allowed is not None and not self._allowed(value))
-        ):
-            # Not remembered: a name registered later may still get its own series.
-            return self._overflow
-        self._accepted.add(value)
-        return value
-
-
+# -- bounded labels: the rule every instrumentation shares (soniq.instrumentation) -----------
 class SeriesCache:
     """(queue, job name) as found on a job -> its Series, with both labels bounded."""
 

@@ -32,9 +32,8 @@ def sampled_span() -> SpanContext | None:
     tracing backend actually keeps. Its ids are spelt out only when a scrape asks for them
     (``families.exemplar_labels``), not on every attempt."""
     context = trace.get_current_span().get_span_context()
-    if not (context.trace_flags.sampled and context.is_valid):
-        return None
-    return context
+    # The sampled bit of the W3C trace flags, read as an int (the property costs more).
+    return context if context.trace_flags & 1 and context.is_valid else None
 
 
 class PrometheusMetrics(ObservingLayer):
