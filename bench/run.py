@@ -94,6 +94,7 @@ TELEMETRY_PROFILES: list[tuple[str, list[str]]] = [
     # (c)'s floor in a drain: only profile (a)'s library calls, from one thin step.
     ("floor", ["--telemetry", "floor"]),
 ]
+FLOOR_LABEL = "floor: (a)'s library calls only, none of Soniq's layers"
 TELEMETRY_TARGETS = {"full": 0.35, "production": 0.6, "own_us": 15.0}
 
 System = SoniqSystem | PgQueuerSystem | Minimal
@@ -596,10 +597,7 @@ def print_table(report: dict[str, Any], sizes: Sizes) -> str:
             f"{tel['ratio_production']:>8.2f}   target >= {t['production']}"
         )
         lib = tel["floor"]
-        add(
-            f"{'floor: plain + (a)s library calls only (bench.telemetry_floor)':<58}"
-            f"{lib['median']:>9,.0f}{lib['cpu_us_per_job']:>12.1f}"
-        )
+        add(f"{FLOOR_LABEL:<58}{lib['median']:>9,.0f}{lib['cpu_us_per_job']:>12.1f}")
         samples = ", ".join(f"{v:.1f}" for v in tel["own_us_samples"])
         add(
             f"(c) Soniq's own share of (a), target <= {t['own_us']:.0f} us: (a) less the floor, "
