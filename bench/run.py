@@ -91,7 +91,10 @@ TELEMETRY_PROFILES: list[tuple[str, list[str]]] = [
     ("plain", []),
     ("full", ["--telemetry", "full"]),
     ("production", ["--telemetry", "production"]),
+    # (c)'s floor in a drain: only profile (a)'s library calls, from one thin step.
+    ("floor", ["--telemetry", "floor"]),
 ]
+FLOOR_LABEL = "floor: (a)'s library calls only, none of Soniq's layers"
 TELEMETRY_TARGETS = {"full": 0.35, "production": 0.6, "own_us": 15.0}
 
 System = SoniqSystem | PgQueuerSystem | Minimal
@@ -476,13 +479,20 @@ class Bench:
                 for name in rates
             }
             floor = self.telemetry_floor
-            tel["floor"] = floor
+            tel["floor_loop"] = floor
             plain = tel["plain"]
             tel["ratio_full"] = tel["full"]["median"] / plain["median"]
             tel["ratio_production"] = tel["production"]["median"] / plain["median"]
+            # (c): profile (a)'s worker CPU per job less the floor drain's, round by round (each
+            # round runs both, so a slow patch of the machine lands on both).
+            pairs = zip(self.telemetry_cpu["full"], self.telemetry_cpu["floor"], strict=True)
+            tel["own_us_samples"] = [full - lib for full, lib in pairs]
+            tel["own_us"] = median(tel["own_us_samples"])
             if floor:
                 libraries = floor["libraries_us"]
-                tel["own_us"] = tel["full"]["cpu_us_per_job"] - plain["cpu_us_per_job"] - libraries
+                tel["own_us_loop_floor"] = (
+                    tel["full"]["cpu_us_per_job"] - plain["cpu_us_per_job"] - libraries
+                )
                 tel["own_us_chain"] = floor["chain_full_us"] - floor["chain_plain_us"] - libraries
                 # The same with the floor taken apart (span alone + record alone), for comparison
                 # with figures before the joint floor.
@@ -586,21 +596,28 @@ def print_table(report: dict[str, Any], sizes: Sizes) -> str:
             f"{prod['median']:>9,.0f}{prod['cpu_us_per_job']:>12.1f}"
             f"{tel['ratio_production']:>8.2f}   target >= {t['production']}"
         )
-        if "own_us" in tel:
-            floor = tel["floor"]
+        lib = tel["floor"]
+        add(f"{FLOOR_LABEL:<58}{lib['median']:>9,.0f}{lib['cpu_us_per_job']:>12.1f}")
+        samples = ", ".join(f"{v:.1f}" for v in tel["own_us_samples"])
+        add(
+            f"(c) Soniq's own share of (a), target <= {t['own_us']:.0f} us: (a) less the floor, "
+            f"worker CPU per job, each round: {samples}; median {tel['own_us']:.1f} us/job"
+        )
+        floor = tel.get("floor_loop")
+        if floor:
             add(
-                f"(c) Soniq's own share of (a), target <= {t['own_us']:.0f} us; library floor "
-                f"{floor['libraries_us']:.1f} us: a span and a log record in one loop (apart: "
-                f"{floor['span_us']:.1f} + {floor['log_record_us']:.1f})"
+                f"    tight loops in this process (best of 5): library floor "
+                f"{floor['libraries_us']:.1f} us (a span and a record in one loop; apart "
+                f"{floor['span_us']:.1f} + {floor['log_record_us']:.1f}); the chain alone "
+                f"{floor['chain_full_us']:.1f} - {floor['chain_plain_us']:.1f} - floor = "
+                f"{tel['own_us_chain']:.1f} us/attempt"
             )
             add(
-                f"    the chain alone, tight loop (best of 5): {floor['chain_full_us']:.1f} - "
-                f"{floor['chain_plain_us']:.1f} - floor = {tel['own_us_chain']:.1f} us/attempt "
-                f"({tel['own_us_chain_apart']:.1f} with the floor apart)"
-            )
-            add(
-                f"    the whole drain (worker CPU, median): {full['cpu_us_per_job']:.1f} - "
-                f"{plain['cpu_us_per_job']:.1f} - floor = {tel['own_us']:.1f} us/job"
+                f"    the drain less the tight-loop floor: {full['cpu_us_per_job']:.1f} - "
+                f"{plain['cpu_us_per_job']:.1f} - {floor['libraries_us']:.1f} = "
+                f"{tel['own_us_loop_floor']:.1f} us/job (the libraries cost more in a drain "
+                f"than in a loop: floor drain - plain = "
+                f"{lib['cpu_us_per_job'] - plain['cpu_us_per_job']:.1f} us/job)"
             )
     for variant, why in report["notes"].items():
         add(f"note: {variant}: {why}")

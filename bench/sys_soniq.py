@@ -97,16 +97,24 @@ class Telemetry:
     counts (its queue is large enough that no span is dropped: dropping would flatter the
     figure), Prometheus metrics, and JSON logs at INFO written to a file. ``full`` samples every
     trace; ``production`` samples parent-based at 10 % (the bench's jobs carry no parent, so a
-    tenth of the attempts are recorded)."""
+    tenth of the attempts are recorded). ``floor`` is none of Soniq's layers, only the library
+    calls of ``full`` (a span and a JSON record per attempt: ``bench.telemetry_floor``)."""
 
     def __init__(self, profile: str = "full") -> None:
         self.profile = profile
         self.exporter: Any = None
         self.provider: Any = None
+        self.floor: Any = None
         self.log_file = os.path.join(tempfile.gettempdir(), f"soniq-bench-{os.getpid()}.log")
 
     def install(self, app: Soniq) -> str | None:
         """Returns why it is not available, or None."""
+        if self.profile == "floor":
+            from bench.telemetry_floor import FloorLayer
+
+            self.floor = FloorLayer(1_000_000)
+            app.middleware.add_builtin(self.floor)
+            return None
         try:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -137,6 +145,14 @@ class Telemetry:
     def finish(self) -> dict[str, Any]:
         """Flush the spans; what was exported and logged, so the run can show nothing was
         dropped."""
+        if self.floor is not None:
+            library = self.floor.library
+            library.provider.force_flush()
+            with open(library.log_path) as f:
+                lines = sum(1 for _ in f)
+            count = library.exporter.count
+            library.close()
+            return {"spans": count, "log_lines": lines}
         self.provider.force_flush()
         self.provider.shutdown()
         with open(self.log_file) as f:

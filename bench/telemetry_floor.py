@@ -1,17 +1,20 @@
 """What the telemetry libraries cost on their own, against what Soniq spends per job.
 
 The instrumented drain's ratio to the plain one is bounded by the libraries, whatever Soniq's
-layers do: each attempt is one recorded OpenTelemetry SDK span (Soniq's attributes and its link
-to the enqueue, through a ``BatchSpanProcessor``) and one JSON log record at INFO (``job.done``:
-stdlib ``logging`` to a file handler, its fields encoded by the stdlib ``json`` module with the
-least a JSON formatter must do). This script times those library calls alone, in a loop with no
-Soniq code, and a plain Soniq drain of no-op jobs (wall time and the worker's CPU per job),
-then prints the best ratio an instrumented worker could reach if its own layers cost nothing.
-``python -m bench``'s telemetry scenario subtracts the same floor from the measured cost to
-give Soniq's own share. A worker runs its jobs on one thread, so it needs at least
-``own + libraries`` CPU microseconds per job; the plain drain takes ``wall`` microseconds per
-job (the database sets part of that pace). The ratio can be no better than
-``wall / (own + libraries)``.
+layers do: each attempt is one recorded OpenTelemetry SDK span (Soniq's attributes, through a
+``BatchSpanProcessor``) and one JSON log record at INFO (``job.done``: stdlib ``logging`` to a
+file handler, its fields encoded by the stdlib ``json`` module's C encoder with the least a
+JSON formatter must do). The bench's jobs are enqueued without tracing, as the drain's are, so
+the span has no parent and no link; ``enqueue_traced=True`` gives the span a traced enqueue's
+parent and link instead.
+
+This module times those library calls two ways. Alone, in a loop with no Soniq code (the
+"tight-loop floor"). And inside a real drain (:class:`FloorLayer`, the ``floor`` profile of
+``python -m bench``'s telemetry scenario): a plain worker whose only telemetry is the same two
+calls per attempt, made from one thin step, with the collector frozen at start as Soniq's
+tracing layer freezes it. The drain's floor is what (c) subtracts: it is paid under the same
+conditions as the instrumented drain (the worker loop, asyncpg, the event loop between
+attempts, the span processor's thread), which a loop of library calls alone does not see.
 
     .venv/bin/python -m bench.telemetry_floor [--jobs 20000] [--calls 20000]
 
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import json.encoder
 import logging
 import os
 import statistics
@@ -31,7 +36,9 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -41,15 +48,34 @@ from opentelemetry.util.types import AttributeValue
 
 from bench import common
 from bench.otel_overhead import CountingExporter
-from soniq import Soniq
+from soniq import AttemptContext, CallNext, Middleware, MiddlewareChain, Soniq, Worker
 
 # What every LogRecord has; the rest are the fields a JSON formatter writes.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message"}
 
 
+def _c_encoder() -> Callable[[dict[str, Any]], str]:
+    """The stdlib's C JSON encoder, made once. ``json.dumps`` makes a new one on every call,
+    which costs more than encoding a record's dozen fields; Soniq's formatter makes it once,
+    and the floor must not be slower than what Soniq really does, or it would flatter it."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    encoder = make(
+        None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+
+    def encode(data: dict[str, Any]) -> str:
+        return "".join(encoder(data, 0))
+
+    return encode
+
+
 class BareJsonFormatter(logging.Formatter):
     """The least a JSON log line needs: the record's level, logger, message, time and fields
-    in one object, through the stdlib encoder."""
+    in one object, through the stdlib's C encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encode = _c_encoder()
 
     def format(self, record: logging.LogRecord) -> str:
         data = {
@@ -61,11 +87,7 @@ class BareJsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 data[key] = value
-        return json.dumps(data)
-
-
-# A sampled enqueue span's context, as a traced enqueue writes it into each job.
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        return self._encode(data)
 
 
 def _per_call_us(call: Callable[[], object], calls: int) -> float:
@@ -76,114 +98,156 @@ def _per_call_us(call: Callable[[], object], calls: int) -> float:
     return (time.process_time() - started) / calls * 1e6
 
 
-def _span_call(calls: int) -> tuple[Callable[[], None], Callable[[], None]]:
-    """One recorded attempt span as Soniq makes it, and how to close the provider."""
-    provider = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(CountingExporter(), max_queue_size=calls + 4096))
-    tracer = provider.get_tracer("floor")
-    with tracer.start_as_current_span("send job") as send:
-        creation = send.get_span_context()
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(creation))
-    # The attributes Soniq's attempt span carries (docs/tracing.md), with typical values.
-    attributes: dict[str, AttributeValue] = {
-        "messaging.system": "soniq",
-        "messaging.operation.name": "process",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": "default",
-        "messaging.message.id": "0193b2c4-1234-7abc-8def-0123456789ab",
-        "messaging.client.id": "host:1234:abcdef12",
-        "soniq.job.name": "bench.job",
-        "soniq.job.attempt": 1,
-        "soniq.job.max_attempts": 4,
-        "soniq.job.priority": 0,
-        "soniq.job.queue_wait_seconds": 0.012,
-    }
+# The attributes Soniq's attempt span carries (docs/tracing.md), with typical values.
+SPAN_ATTRIBUTES: dict[str, AttributeValue] = {
+    "messaging.system": "soniq",
+    "messaging.operation.name": "process",
+    "messaging.operation.type": "process",
+    "messaging.destination.name": "default",
+    "messaging.message.id": "0193b2c4-1234-7abc-8def-0123456789ab",
+    "messaging.client.id": "host:1234:abcdef12",
+    "soniq.job.name": "bench.job",
+    "soniq.job.attempt": 1,
+    "soniq.job.max_attempts": 4,
+    "soniq.job.priority": 0,
+    "soniq.job.queue_wait_seconds": 0.012,
+}
+# The fields of a job.done record (docs/logging.md).
+RECORD_FIELDS: dict[str, Any] = {
+    "event": "job.done",
+    "job_id": "0193b2c4-1234-7abc-8def-0123456789ab",
+    "job_name": "bench.job",
+    "queue": "default",
+    "attempt": 1,
+    "max_attempts": 4,
+    "queue_wait_ms": 12.345,
+    "worker_id": "host:1234:abcdef12",
+    "trace_id": "0af7651916cd43dd8448eb211c80319c",
+    "span_id": "b7ad6b7169203331",
+    "duration_ms": 0.021,
+    "outcome": "done",
+}
+# A fresh root, as Soniq's tracing layer gives an attempt whose job carries no trace context.
+_ROOT = otel_context.Context()
 
-    def one() -> None:
-        span = tracer.start_span(
-            "process bench.job",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=[Link(creation, {"soniq.link.type": "enqueue"})],
+
+class LibraryCalls:
+    """The library calls of one attempt of profile (a): :meth:`span` (one recorded SDK span
+    with Soniq's attributes, through a batch processor whose exporter only counts) and
+    :meth:`record` (one ``job.done`` JSON record through ``logging`` to a file)."""
+
+    def __init__(self, calls: int, enqueue_traced: bool = False) -> None:
+        self.provider = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
+        self.exporter = CountingExporter()
+        self.provider.add_span_processor(
+            BatchSpanProcessor(self.exporter, max_queue_size=calls + 4096)
         )
-        span.set_attribute("soniq.job.outcome", "done")
-        span.end()
+        tracer = self.provider.get_tracer("floor")
 
-    return one, provider.shutdown
+        def span() -> None:
+            one = tracer.start_span(
+                "process bench.job",
+                context=_ROOT,
+                kind=SpanKind.CONSUMER,
+                attributes=SPAN_ATTRIBUTES,
+            )
+            one.set_attribute("soniq.job.outcome", "done")
+            one.end()
+
+        if enqueue_traced:
+            with tracer.start_as_current_span("send job") as send:
+                creation = send.get_span_context()
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(creation))
+
+            def span() -> None:
+                one = tracer.start_span(
+                    "process bench.job",
+                    context=parent,
+                    kind=SpanKind.CONSUMER,
+                    attributes=SPAN_ATTRIBUTES,
+                    links=[Link(creation, {"soniq.link.type": "enqueue"})],
+                )
+                one.set_attribute("soniq.job.outcome", "done")
+                one.end()
+
+        self.log_path = os.path.join(tempfile.gettempdir(), f"soniq-floor-{os.getpid()}.log")
+        self._handler = logging.FileHandler(self.log_path)
+        self._handler.setFormatter(BareJsonFormatter())
+        log = self._log = logging.getLogger(f"soniq.floor.{id(self)}")
+        log.addHandler(self._handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+        def record() -> None:
+            # As the log layer does: no stack walk for the caller's file and line.
+            log.handle(
+                log.makeRecord(
+                    log.name, logging.INFO, __file__, 0, "Job done", (), None, "f", RECORD_FIELDS
+                )
+            )
+
+        self.span, self.record = span, record
+
+    def both(self) -> None:
+        self.span()
+        self.record()
+
+    def close(self) -> None:
+        self.provider.shutdown()
+        self._log.removeHandler(self._handler)
+        self._handler.close()
+        os.unlink(self.log_path)
 
 
-def _record_call() -> tuple[Callable[[], None], Callable[[], None]]:
-    """One ``job.done`` JSON record through ``logging`` to a file, and how to clean up."""
-    path = os.path.join(tempfile.gettempdir(), f"soniq-floor-{os.getpid()}.log")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(BareJsonFormatter())
-    log = logging.getLogger("soniq.floor")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    # The fields of a job.done record (docs/logs.md).
-    fields = {
-        "event": "job.done",
-        "job_id": "0193b2c4-1234-7abc-8def-0123456789ab",
-        "job_name": "bench.job",
-        "queue": "default",
-        "attempt": 1,
-        "max_attempts": 4,
-        "queue_wait_ms": 12.345,
-        "worker_id": "host:1234:abcdef12",
-        "trace_id": "0af7651916cd43dd8448eb211c80319c",
-        "span_id": "b7ad6b7169203331",
-        "duration_ms": 0.021,
-        "outcome": "done",
-    }
-
-    def one() -> None:
-        # As the log layer does: no stack walk for the caller's file and line.
-        log.handle(
-            log.makeRecord(log.name, logging.INFO, __file__, 0, "Job done", (), None, "f", fields)
-        )
-
-    def close() -> None:
-        log.removeHandler(handler)
-        handler.close()
-        os.unlink(path)
-
-    return one, close
-
-
-def span_cost_us(calls: int) -> float:
-    one, close = _span_call(calls)
+def _timed(calls: int, pick: Callable[[LibraryCalls], Callable[[], None]], traced: bool) -> float:
+    library = LibraryCalls(calls, traced)
     try:
-        return _per_call_us(one, calls)
+        return _per_call_us(pick(library), calls)
     finally:
-        close()
+        library.close()
+
+
+def span_cost_us(calls: int, enqueue_traced: bool = False) -> float:
+    return _timed(calls, lambda lib: lib.span, enqueue_traced)
 
 
 def log_record_cost_us(calls: int) -> float:
-    one, close = _record_call()
-    try:
-        return _per_call_us(one, calls)
-    finally:
-        close()
+    return _timed(calls, lambda lib: lib.record, False)
 
 
 def libraries_cost_us(calls: int) -> float:
     """A span and a record per call, as profile (a) needs per attempt: together they cost more
     than apart (measured 3-17 us more here: more live objects, colder caches), and that is
     the libraries' doing too."""
-    span, close_span = _span_call(calls)
-    record, close_record = _record_call()
+    return _timed(calls, lambda lib: lib.both, False)
 
-    def both() -> None:
-        span()
-        record()
 
-    try:
-        return _per_call_us(both, calls)
-    finally:
-        close_record()
-        close_span()
+class FloorLayer(Middleware):
+    """The floor inside a drain: the same two library calls per attempt, from one thin step
+    after the job (no context made current, no fields gathered: the least any instrumentation
+    could do). Like Soniq's tracing layer, it freezes the collector when the worker starts,
+    so the two drains differ by Soniq's code alone, not by the collector's state."""
+
+    telemetry = True
+    order = 10
+
+    def __init__(self, calls: int) -> None:
+        self.library = LibraryCalls(calls)
+
+    def compose_step(self, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
+        span, record = self.library.span, self.library.record
+
+        async def floor(ctx: AttemptContext) -> Any:
+            result = await call_next(ctx)
+            span()
+            record()
+            return result
+
+        return floor
+
+    async def startup(self, worker: Worker) -> None:
+        gc.collect()
+        gc.freeze()
 
 
 async def chain_cost_us(instrumented: bool, calls: int) -> float:
@@ -194,7 +258,6 @@ async def chain_cost_us(instrumented: bool, calls: int) -> float:
     the database, the worker loop, or the cache and collector effects of a whole drain."""
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
-    from soniq import AttemptContext
     from soniq.executor import JobExecutor
     from soniq.logs import JsonFormatter
     from soniq_otel import OtelConfig
@@ -236,8 +299,6 @@ async def chain_cost_us(instrumented: bool, calls: int) -> float:
                     queue_wait_s=0.012,
                     worker_id="host:1234:abcdef12",
                     spec=spec,
-                    # Made by a traced enqueue, as the floor's span assumes: a parent and a link.
-                    trace_context={"traceparent": TRACEPARENT},
                 )
                 for _ in range(calls)
             ]

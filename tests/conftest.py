@@ -3,12 +3,16 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
 from soniq import Soniq
 from tests.support import pg
+
+if TYPE_CHECKING:
+    from tests.support.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +72,13 @@ async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(clean_db)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    """An OTLP receiver (gRPC and HTTP, all three signals) for the test, stopped after it."""
+    from tests.support.otlp_receiver import OtlpReceiver
+
+    r = OtlpReceiver().start()
+    yield r
+    r.stop()

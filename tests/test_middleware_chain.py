@@ -21,6 +21,7 @@ from soniq import (
     FunctionMiddleware,
     Middleware,
     MiddlewareChain,
+    ObservingLayer,
     Soniq,
     current_attempt,
 )
@@ -645,6 +646,61 @@ async def test_a_raising_telemetry_middleware_never_fails_a_job(
     assert all(mw is broken and f"({where})" in str(exc) for mw, exc in reported)
     warnings = [r for r in caplog.records if "Telemetry middleware" in r.getMessage()]
     assert len(warnings) == expected
+
+
+class BrokenObserver(ObservingLayer):
+    """A layer of two plain calls (what the built-in telemetry layers are) that fails in one."""
+
+    order = 10
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.ended: list[tuple[str | None, str | None]] = []
+
+    def begin(self, ctx: AttemptContext) -> str:
+        if self.where == "begin":
+            raise RuntimeError("exporter down (begin)")
+        return ctx.job_name
+
+    def end(self, ctx: AttemptContext, state: str, error: BaseException | None) -> None:
+        self.ended.append((ctx.outcome, type(error).__name__ if error else None))
+        if self.where == "end":
+            raise RuntimeError("exporter down (end)")
+
+
+@pytest.mark.parametrize("where", ["begin", "end"])
+async def test_a_raising_observing_layer_never_fails_a_job(app: Soniq, where: str) -> None:
+    reported: list[tuple[Middleware, BaseException]] = []
+    broken = BrokenObserver(where)
+    app.middleware.add_builtin(broken)
+    app.middleware.telemetry_error_listeners.append(lambda mw, exc: reported.append((mw, exc)))
+
+    @app.job()
+    async def succeeds() -> str:
+        return "ok"
+
+    @app.job(max_retries=0)
+    async def fails() -> None:
+        try:
+            raise KeyError("root cause")
+        except KeyError as exc:
+            raise ValueError("the job's own error") from exc
+
+    ok_id = await app.enqueue(succeeds)
+    bad_id = await app.enqueue(fails)
+    async with running_worker(app):
+        ok = await wait_status(app, ok_id, "done")
+        bad = await wait_status(app, bad_id, "dead_letter")
+    assert ok["result"] == "ok" and ok["attempts"] == 1
+    assert bad["last_error"] == "ValueError: the job's own error"
+    assert "KeyError: 'root cause'" in bad["traceback"]
+    assert "exporter down" not in bad["traceback"]
+    assert len(reported) == 2
+    assert all(mw is broken and f"({where})" in str(exc) for mw, exc in reported)
+    # end() sees each attempt's settled outcome and the job's own error, or is not called at
+    # all when begin() failed (the attempt ran without the layer).
+    expected = [] if where == "begin" else [("dead_letter", "ValueError"), ("done", None)]
+    assert sorted(broken.ended, key=str) == sorted(expected, key=str)
 
 
 async def test_a_telemetry_middleware_cannot_change_the_fate_of_an_attempt(app: Soniq) -> None:

@@ -3,14 +3,10 @@ receiver the test runs, configured only by OTEL_* variables; the trace it receiv
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +15,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as StatusProto
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from soniq import Soniq
 from soniq_otel import OtelConfig
+from tests.support import otlp_worker
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.support.otlp_worker import otlp_exporter, stop_worker
 from tests.support.waiting import wait_status, wait_until
 
 APP_MODULE = textwrap.dedent(
@@ -58,61 +56,15 @@ APP_MODULE = textwrap.dedent(
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    r = OtlpReceiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     (tmp_path / "otel_test_app.py").write_text(APP_MODULE)
     return tmp_path
 
 
-def start_worker(
-    app_dir: Path,
-    database_url: str,
-    *args: str,
-    worker_app: str = "otel_test_app:app",
-    **env: str,
-) -> subprocess.Popen[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "soniq", "worker", worker_app, *args],
-        cwd=app_dir,
-        env={**clean, "SONIQ_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def start_worker(app_dir: Path, database_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    return otlp_worker.start_worker(
+        app_dir, database_url, *args, worker_app="otel_test_app:app", **env
     )
-
-
-async def stop_worker(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, float]:
-    """SIGTERM, then wait; returns (exit code, output, seconds it took to exit)."""
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        output, _ = await asyncio.to_thread(proc.communicate, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        raise AssertionError(f"worker did not exit within {timeout}s:\n{output}") from None
-    return proc.returncode, output, time.monotonic() - started
-
-
-def producer_exporter(protocol: str, receiver: OtlpReceiver) -> SpanExporter:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        return GrpcExporter(endpoint=receiver.grpc_endpoint, insecure=True)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
-
-    return HttpExporter(endpoint=f"{receiver.http_endpoint}/v1/traces")
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -123,7 +75,7 @@ async def test_worker_process_exports_a_whole_trace_over_otlp(
     provider = SdkTracerProvider(
         resource=Resource.create({"service.name": "shop-web"}), shutdown_on_exit=False
     )
-    provider.add_span_processor(BatchSpanProcessor(producer_exporter(protocol, receiver)))
+    provider.add_span_processor(BatchSpanProcessor(otlp_exporter("traces", protocol, receiver)))
     app = Soniq(clean_db)
     app.instrument(otel=OtelConfig(tracer_provider=provider))
 

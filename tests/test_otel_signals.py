@@ -8,20 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from soniq import Soniq
 from soniq_otel import OtelConfig
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedLog, ReceivedPoint, ReceivedSpan
+from tests.support.otlp_worker import otlp_exporter, start_worker, stop_worker
 from tests.support.waiting import running_worker, wait_status, wait_until
-from tests.test_otel_otlp import start_worker, stop_worker
 
 QUICK_JOBS = 12
 
@@ -52,30 +51,9 @@ APP_MODULE = textwrap.dedent(
 
 
 @pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    r = OtlpReceiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def app_dir(tmp_path: Path) -> Path:
     (tmp_path / "signals_app.py").write_text(APP_MODULE)
     return tmp_path
-
-
-def metric_exporter(protocol: str, receiver: OtlpReceiver) -> MetricExporter:
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-            OTLPMetricExporter as GrpcExporter,
-        )
-
-        return GrpcExporter(endpoint=receiver.grpc_endpoint, insecure=True)
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpExporter,
-    )
-
-    return HttpExporter(endpoint=f"{receiver.http_endpoint}/v1/metrics")
 
 
 def last_points(points: list[ReceivedPoint], name: str, service: str) -> list[ReceivedPoint]:
@@ -94,7 +72,7 @@ async def test_worker_exports_traces_metrics_and_logs_over_otlp(
 ) -> None:
     # The producer: this process, exporting its enqueue metrics to the same receiver.
     reader = PeriodicExportingMetricReader(
-        metric_exporter(protocol, receiver), export_interval_millis=60_000
+        otlp_exporter("metrics", protocol, receiver), export_interval_millis=60_000
     )
     producer = MeterProvider(
         resource=Resource.create({"service.name": "shop-web"}),

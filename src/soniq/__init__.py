@@ -26,6 +26,7 @@ from .middleware import (
     FunctionMiddleware,
     Middleware,
     MiddlewareChain,
+    ObservingLayer,
 )
 from .queue_state import QueueCount, QueueState
 from .registry import JobRegistry, JobSpec
@@ -60,6 +61,7 @@ __all__ = [
     "JobTimeout",
     "Middleware",
     "MiddlewareChain",
+    "ObservingLayer",
     "Outcome",
     "PendingJob",
     "QueueControl",

@@ -161,3 +161,30 @@ def install_layer(
     layer = build(config)
     app.middleware.replace(existing, layer)
     return layer
+
+
+class BoundedLabel:
+    """Maps raw values (queue names, job names) to label or attribute values, at most ``cap``
+    distinct ones; a value past the cap, or one ``allowed`` rejects, becomes ``overflow``.
+    Prometheus labels and OpenTelemetry metric attributes are bounded by this one rule."""
+
+    def __init__(
+        self, cap: int, overflow: str, allowed: Callable[[str], bool] | None = None
+    ) -> None:
+        self._cap = cap
+        self._overflow = overflow
+        self._allowed = allowed
+        self._accepted: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._accepted:
+            return value
+        if (
+            len(self._accepted) >= self._cap
+            or value == self._overflow
+            or (self._allowed is not None and not self._allowed(value))
+        ):
+            # Not remembered: a name registered later may still get its own series.
+            return self._overflow
+        self._accepted.add(value)
+        return value

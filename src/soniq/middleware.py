@@ -94,6 +94,76 @@ class Middleware:
         """Called when a worker has stopped, after its last results are written."""
 
 
+class ObservingLayer(Middleware):
+    """A telemetry layer made of two plain calls around the inner layers, instead of an
+    ``async __call__``: ``begin(ctx)`` before them (its return value is the attempt's state),
+    ``end(ctx, state, error)`` after, with the exception that came out of them (``None`` when
+    they returned; an ``asyncio.CancelledError`` when shutdown or ``cancel_job`` interrupted
+    the attempt). The result or error passes through untouched.
+
+    ``compose`` puts one frame in the chain for it (:func:`observing_step`), where the generic
+    telemetry wrapper needs three frames and an object per attempt; what ``begin`` or ``end``
+    raises is reported as a telemetry error and never fails the job.
+    """
+
+    telemetry: ClassVar[bool] = True
+
+    def begin(self, ctx: AttemptContext) -> Any:
+        """Called before the inner layers; the return value is handed to :meth:`end`."""
+
+    def end(self, ctx: AttemptContext, state: Any, error: BaseException | None) -> None:
+        """Called after the inner layers returned (``error`` None) or raised."""
+
+    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+        state = self.begin(ctx)
+        try:
+            result = await call_next(ctx)
+        except BaseException as exc:
+            self.end(ctx, state, exc)
+            raise
+        self.end(ctx, state, None)
+        return result
+
+    def compose_step(self, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
+        return observing_step(self, call_next, chain)
+
+
+_FAILED = object()  # begin() raised: the attempt runs without the layer
+
+
+def observing_step(layer: ObservingLayer, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
+    """One attempt step around ``call_next`` for ``layer``: what its ``begin`` or ``end``
+    raises is reported, never raised (the attempt goes on without the layer when ``begin``
+    fails), so the job's own result or error is all that leaves the step."""
+    begin, end = layer.begin, layer.end
+    report = chain.report_telemetry_error
+
+    async def observed(ctx: AttemptContext) -> Any:
+        try:
+            state = begin(ctx)
+        except Exception as own:
+            report(layer, own)
+            state = _FAILED
+        if state is _FAILED:
+            # Outside the ``except`` block, so the job's own error is not chained to this one.
+            return await call_next(ctx)
+        try:
+            result = await call_next(ctx)
+        except BaseException as exc:
+            try:
+                end(ctx, state, exc)
+            except Exception as own:
+                report(layer, own)
+            raise
+        try:
+            end(ctx, state, None)
+        except Exception as own:
+            report(layer, own)
+        return result
+
+    return observed
+
+
 class FunctionMiddleware(Middleware):
     """A plain ``async def mw(ctx, call_next)`` registered with ``@app.middleware``."""
 

@@ -26,7 +26,7 @@ from opentelemetry import trace
 
 import soniq
 from soniq.logs import JobContextFilter
-from soniq.middleware import CallNext, Middleware
+from soniq.middleware import CallNext, Middleware, MiddlewareChain
 
 from .config import OtelConfig
 from .provider import flush, global_or_built_logger_provider
@@ -209,6 +209,10 @@ class OtelLogs(Middleware):
 
     async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
         return await call_next(ctx)
+
+    def compose_step(self, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
+        # Nothing to do per attempt (the handler works on records): no step at all.
+        return call_next
 
     async def startup(self, worker: Worker) -> None:
         # Logging is often configured after the app is built (and may replace the root's

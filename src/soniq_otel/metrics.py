@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import soniq
 from soniq.errors import JobTimeout
-from soniq.middleware import CallNext, EnqueueContext, EnqueueNext, Middleware
+from soniq.instrumentation import BoundedLabel
+from soniq.middleware import EnqueueContext, EnqueueNext, ObservingLayer
 
 from . import attributes as A
 from .config import OtelConfig
@@ -43,30 +43,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 Attrs = dict[str, "AttributeValue"]
-
-
-class _Bounded:
-    """Raw names to attribute values, at most ``cap`` distinct ones; past the cap, or
-    rejected by ``allowed``, a value becomes ``overflow`` (not remembered, so a job registered
-    later still gets its own)."""
-
-    def __init__(self, cap: int, overflow: str, allowed: Callable[[str], bool] | None) -> None:
-        self._cap = cap
-        self._overflow = overflow
-        self._allowed = allowed
-        self._accepted: set[str] = set()
-
-    def __call__(self, value: str) -> str:
-        if value in self._accepted:
-            return value
-        if (
-            len(self._accepted) >= self._cap
-            or value == self._overflow
-            or (self._allowed is not None and not self._allowed(value))
-        ):
-            return self._overflow
-        self._accepted.add(value)
-        return value
 
 
 class _JobAttrs:
@@ -103,7 +79,7 @@ class _JobAttrs:
         return attrs
 
 
-class OtelMetrics(Middleware):
+class OtelMetrics(ObservingLayer):
     """Built-in telemetry layer (order 31: inside tracing, so histogram exemplars point at
     the attempt's span); added by ``app.instrument(otel={"metrics": True})``."""
 
@@ -114,8 +90,8 @@ class OtelMetrics(Middleware):
         self.app = app
         self.config = config
         self.provider: Any = None
-        self._queues = _Bounded(config.max_queues, config.overflow_label, None)
-        self._names = _Bounded(
+        self._queues = BoundedLabel(config.max_queues, config.overflow_label, None)
+        self._names = BoundedLabel(
             config.max_job_names, config.overflow_label, app.registry.__contains__
         )
         self._by_raw: dict[tuple[str, str], _JobAttrs] = {}
@@ -234,30 +210,31 @@ class OtelMetrics(Middleware):
         self.sent.add(len(ctx.jobs), attrs)
 
     # -- attempts ------------------------------------------------------------------------------
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+    def begin(self, ctx: AttemptContext) -> tuple[_JobAttrs, float]:
         if not self._resolved:
             self._resolve()
         job = self._job(ctx.queue, ctx.job_name)
         process = job.process
         self.consumed.add(1, process)
         self.queue_wait.record(ctx.queue_wait_s, process)
-        started = time.perf_counter()
-        error: Exception | None = None
-        try:
-            return await call_next(ctx)
-        except Exception as exc:
-            error = exc
-            raise
-        finally:
-            outcome = ctx.outcome
-            # No outcome: cancelled by a worker shutdown; the attempt goes back uncounted.
-            if outcome is not None:
-                ms = ctx.duration_ms  # the job function's own time, when it was called
-                seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
-                # str(): an Outcome is its text; the attribute is a plain string.
-                attrs = job.ended(str(outcome), None if error is None else _error_type(error))
-                self.process_duration.record(seconds, attrs)
-                self.attempts.add(1, attrs)
+        return job, time.perf_counter()
+
+    def end(
+        self, ctx: AttemptContext, state: tuple[_JobAttrs, float], error: BaseException | None
+    ) -> None:
+        outcome = ctx.outcome
+        # No outcome: cancelled by a worker shutdown; the attempt goes back uncounted.
+        if outcome is None:
+            return
+        job, started = state
+        ms = ctx.duration_ms  # the job function's own time, when it was called
+        seconds = ms / 1000.0 if ms is not None else time.perf_counter() - started
+        # A CancelledError (cancel_job) is not a failure: no error.type.
+        error_type = _error_type(error) if isinstance(error, Exception) else None
+        # str(): an Outcome is its text; the attribute is a plain string.
+        attrs = job.ended(str(outcome), error_type)
+        self.process_duration.record(seconds, attrs)
+        self.attempts.add(1, attrs)
 
 
 def _error_type(error: BaseException) -> str:

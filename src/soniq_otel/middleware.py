@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -25,7 +26,7 @@ from opentelemetry.util.types import AttributeValue
 import soniq
 from soniq.control import Snooze
 from soniq.errors import JobTimeout
-from soniq.middleware import CallNext, EnqueueContext, EnqueueNext, Middleware
+from soniq.middleware import EnqueueContext, EnqueueNext, ObservingLayer
 
 from . import attributes as A
 from .config import OtelConfig
@@ -46,7 +47,7 @@ _ENQUEUE_LINK: dict[str, AttributeValue] = {A.LINK_TYPE: A.LINK_ENQUEUE}
 _PREVIOUS_LINK: dict[str, AttributeValue] = {A.LINK_TYPE: A.LINK_PREVIOUS_ATTEMPT}
 
 
-class TracingMiddleware(Middleware):
+class TracingMiddleware(ObservingLayer):
     """Built-in telemetry layer (outermost, order 10); add with :func:`soniq_otel.install`."""
 
     telemetry = True
@@ -190,9 +191,10 @@ class TracingMiddleware(Middleware):
             span.end()
 
     # -- attempts ----------------------------------------------------------------------------
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+    def begin(self, ctx: AttemptContext) -> tuple[trace.Span, Token[otel_context.Context]]:
         tracer = self._tracer if self._tracer is not None else self.tracer
-        parent, links = self._relations(ctx)
+        # A job enqueued without tracing carries nothing to relate to: a fresh root.
+        parent, links = self._relations(ctx) if ctx.trace_context else (_ROOT, ())
         name, static = self._static_of(ctx)
         attrs: dict[str, AttributeValue] = {
             **static,
@@ -211,22 +213,27 @@ class TracingMiddleware(Middleware):
         )
         # Current for everything inside: user middlewares, hooks, the job (plain ``def`` jobs
         # get a copy of this context in their thread), and any span they start.
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        error: Exception | None = None
-        interrupted = True
-        try:
-            result = await call_next(ctx)
-            interrupted = False
-            return result
-        except Exception as exc:
-            interrupted = False
-            error = exc
-            raise
-        finally:
-            otel_context.detach(token)
-            self._end_attempt(span, ctx, error, interrupted)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
-    def _relations(self, ctx: AttemptContext) -> tuple[otel_context.Context, list[Link]]:
+    def end(
+        self,
+        ctx: AttemptContext,
+        state: tuple[trace.Span, Token[otel_context.Context]],
+        error: BaseException | None,
+    ) -> None:
+        span, token = state
+        otel_context.detach(token)
+        if error is None and ctx.result is None:  # the common case: done, nothing returned
+            if span.is_recording():
+                span.set_attribute(A.JOB_OUTCOME, ctx.outcome or "done")
+            span.end()
+            return
+        if error is None or isinstance(error, Exception):
+            self._end_attempt(span, ctx, error, interrupted=False)
+        else:  # CancelledError: shutdown or cancel_job stopped it
+            self._end_attempt(span, ctx, None, interrupted=True)
+
+    def _relations(self, ctx: AttemptContext) -> tuple[otel_context.Context, Sequence[Link]]:
         """The attempt's parent context and links, from what its job carries."""
         carrier = ctx.trace_context
         if not carrier:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib
 import logging
 import os
 import threading
@@ -105,27 +106,39 @@ def _exporter_names() -> list[str]:
 
 
 def _exporter(name: str) -> SpanExporter:
+    exporter: SpanExporter = _chosen("traces", name, ConsoleSpanExporter)
+    return exporter
+
+
+# signal -> the module of its OTLP exporter (in each protocol's package) and the class
+_OTLP = {
+    "traces": ("trace_exporter", "OTLPSpanExporter"),
+    "metrics": ("metric_exporter", "OTLPMetricExporter"),
+    "logs": ("_log_exporter", "OTLPLogExporter"),
+}
+_PROTOCOL_PACKAGES = {
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc",
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http",
+}
+
+
+def _chosen(signal: str, name: str, console: Callable[[], Any]) -> Any:
+    """The exporter ``OTEL_<SIGNAL>_EXPORTER`` names: ``console``, or ``otlp`` over the
+    protocol ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL`` names (the exporter reads the rest of
+    its variables itself)."""
     if name == "console":
-        return ConsoleSpanExporter()
+        return console()
     if name != "otlp":
         raise ConfigurationError(
-            f"OTEL_TRACES_EXPORTER={name!r} is not supported by Soniq's tracing; use otlp, "
-            f"console or none, or set up a tracer provider yourself"
+            f"OTEL_{signal.upper()}_EXPORTER={name!r} is not supported by Soniq; use otlp, "
+            f"console or none, or set up a provider for {signal} yourself"
         )
-    protocol = _protocol("traces")
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        return GrpcExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
-
-        return HttpExporter()
-    raise _unsupported_protocol(protocol)
+    protocol = _protocol(signal)
+    package = _PROTOCOL_PACKAGES.get(protocol)
+    if package is None:
+        raise _unsupported_protocol(protocol)
+    module, cls = _OTLP[signal]
+    return getattr(importlib.import_module(f"{package}.{module}"), cls)()
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -153,40 +166,15 @@ def build_meter_provider(service_name: str = "soniq", flush_timeout: float = 5.0
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
         ConsoleMetricExporter,
-        MetricExporter,
         PeriodicExportingMetricReader,
     )
 
     if _sdk_disabled():
         return NoOpMeterProvider()
-    names = _names("OTEL_METRICS_EXPORTER")
-    readers = []
-    for name in names:
-        exporter: MetricExporter
-        if name == "console":
-            exporter = ConsoleMetricExporter()
-        elif name == "otlp":
-            protocol = _protocol("metrics")
-            if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                    OTLPMetricExporter as GrpcMetricExporter,
-                )
-
-                exporter = GrpcMetricExporter()
-            elif protocol == "http/protobuf":
-                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                    OTLPMetricExporter as HttpMetricExporter,
-                )
-
-                exporter = HttpMetricExporter()
-            else:
-                raise _unsupported_protocol(protocol)
-        else:
-            raise ConfigurationError(
-                f"OTEL_METRICS_EXPORTER={name!r} is not supported by Soniq; use otlp, console "
-                f"or none, or set up a meter provider yourself"
-            )
-        readers.append(PeriodicExportingMetricReader(exporter))
+    readers = [
+        PeriodicExportingMetricReader(_chosen("metrics", name, ConsoleMetricExporter))
+        for name in _names("OTEL_METRICS_EXPORTER")
+    ]
     provider = MeterProvider(
         resource=_resource(service_name), metric_readers=readers, shutdown_on_exit=False
     )
@@ -216,40 +204,13 @@ def build_logger_provider(service_name: str = "soniq", flush_timeout: float = 5.
     ``OTEL_LOGS_EXPORTER=console`` prints instead."""
     from opentelemetry._logs import NoOpLoggerProvider
     from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import (
-        BatchLogRecordProcessor,
-        ConsoleLogRecordExporter,
-        LogRecordExporter,
-    )
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
 
     if _sdk_disabled():
         return NoOpLoggerProvider()
     provider = LoggerProvider(resource=_resource(service_name), shutdown_on_exit=False)
     for name in _names("OTEL_LOGS_EXPORTER"):
-        exporter: LogRecordExporter
-        if name == "console":
-            exporter = ConsoleLogRecordExporter()
-        elif name == "otlp":
-            protocol = _protocol("logs")
-            if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
-                    OTLPLogExporter as GrpcLogExporter,
-                )
-
-                exporter = GrpcLogExporter()
-            elif protocol == "http/protobuf":
-                from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-                    OTLPLogExporter as HttpLogExporter,
-                )
-
-                exporter = HttpLogExporter()
-            else:
-                raise _unsupported_protocol(protocol)
-        else:
-            raise ConfigurationError(
-                f"OTEL_LOGS_EXPORTER={name!r} is not supported by Soniq; use otlp, console or "
-                f"none, or set up a logger provider yourself"
-            )
+        exporter = _chosen("logs", name, ConsoleLogRecordExporter)
         provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
     atexit.register(_flush_at_exit, provider, flush_timeout)
     return provider

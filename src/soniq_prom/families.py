@@ -18,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from opentelemetry.trace import SpanContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -27,6 +28,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
+
+from soniq.instrumentation import BoundedLabel
 
 from .config import PrometheusConfig
 
@@ -56,15 +59,21 @@ QUEUE_WAIT = (
 )
 IN_PROGRESS = ("soniq_jobs_in_progress", "Job attempts running now.")
 
-ExemplarLabels = dict[str, str]
+# The sampled span of an attempt, kept as it is: its ids become an exemplar's labels only when
+# a scrape reads them (exemplar_labels), so an attempt pays for a reference, not two hex strings.
+ExemplarSpan = SpanContext
+
+
+def exemplar_labels(span: ExemplarSpan) -> dict[str, str]:
+    return {"trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x")}
 
 
 class Series(Protocol):
     """One (queue, job name) pair's series."""
 
-    def begin(self, queue_wait_s: float, exemplar: ExemplarLabels | None) -> None: ...
+    def begin(self, queue_wait_s: float, exemplar: ExemplarSpan | None) -> None: ...
 
-    def end(self, outcome: str | None, seconds: float, exemplar: ExemplarLabels | None) -> None:
+    def end(self, outcome: str | None, seconds: float, exemplar: ExemplarSpan | None) -> None:
         """``outcome`` None: the attempt was cut short by shutdown and is not counted."""
 
     def enqueued(self, n: int) -> None: ...
@@ -99,7 +108,8 @@ class _Histogram:
 
     def __init__(self, size: int) -> None:
         self.counts = [0] * size  # per bucket, not cumulative; the last one is +Inf
-        self.exemplars: list[Exemplar | None] = [None] * size
+        # (span, value, timestamp) of the latest observation in each bucket that had one.
+        self.exemplars: list[tuple[ExemplarSpan, float, float] | None] = [None] * size
         self.total = 0.0
 
 
@@ -131,7 +141,7 @@ class LocalSeries:
         self.duration = _Histogram(len(self._bounds) + 1)
         self.queue_wait = _Histogram(len(self._wait_bounds) + 1)
 
-    def begin(self, queue_wait_s: float, exemplar: ExemplarLabels | None) -> None:
+    def begin(self, queue_wait_s: float, exemplar: ExemplarSpan | None) -> None:
         # bisect_left finds the first bound >= the value: Prometheus's "le" bucket.
         index = bisect_left(self._wait_bounds, queue_wait_s)
         with self._lock:
@@ -140,9 +150,9 @@ class LocalSeries:
             wait.counts[index] += 1
             wait.total += queue_wait_s
             if exemplar is not None:
-                wait.exemplars[index] = Exemplar(exemplar, queue_wait_s, time.time())
+                wait.exemplars[index] = (exemplar, queue_wait_s, time.time())
 
-    def end(self, outcome: str | None, seconds: float, exemplar: ExemplarLabels | None) -> None:
+    def end(self, outcome: str | None, seconds: float, exemplar: ExemplarSpan | None) -> None:
         index = bisect_left(self._bounds, seconds)
         with self._lock:
             self.in_progress -= 1
@@ -153,7 +163,7 @@ class LocalSeries:
             duration.counts[index] += 1
             duration.total += seconds
             if exemplar is not None:
-                duration.exemplars[index] = Exemplar(exemplar, seconds, time.time())
+                duration.exemplars[index] = (exemplar, seconds, time.time())
 
     def enqueued(self, n: int) -> None:
         with self._lock:
@@ -262,7 +272,11 @@ def _buckets(
     cumulative = 0
     for le, count, exemplar in zip(les, histogram.counts, histogram.exemplars, strict=True):
         cumulative += count
-        out.append((le, cumulative) if exemplar is None else (le, cumulative, exemplar))
+        if exemplar is None:
+            out.append((le, cumulative))
+        else:
+            span, value, at = exemplar
+            out.append((le, cumulative, Exemplar(exemplar_labels(span), value, at)))
     return out
 
 
@@ -340,14 +354,15 @@ class ClientSeries:
         self._queue_wait = families.queue_wait.labels(queue, job_name)
         self._in_progress = families.in_progress.labels(queue, job_name)
 
-    def begin(self, queue_wait_s: float, exemplar: ExemplarLabels | None) -> None:
-        self._queue_wait.observe(queue_wait_s, exemplar)
+    def begin(self, queue_wait_s: float, exemplar: ExemplarSpan | None) -> None:
+        # A multiprocess child's files hold no exemplars: its layer passes None.
+        self._queue_wait.observe(queue_wait_s, _labels(exemplar))
         self._in_progress.inc()
 
-    def end(self, outcome: str | None, seconds: float, exemplar: ExemplarLabels | None) -> None:
+    def end(self, outcome: str | None, seconds: float, exemplar: ExemplarSpan | None) -> None:
         self._in_progress.dec()
         if outcome is not None:
-            self._duration.observe(seconds, exemplar)
+            self._duration.observe(seconds, _labels(exemplar))
             self._attempts[outcome].inc()
 
     def enqueued(self, n: int) -> None:
@@ -358,33 +373,11 @@ class ClientSeries:
         self._families.deduplicated.labels(*self._labels).inc(n)
 
 
-# -- bounded labels ---------------------------------------------------------------------------
-class BoundedLabel:
-    """Maps raw values (queue names, job names) to label values, at most ``cap`` distinct
-    ones; a value past the cap, or one ``allowed`` rejects, becomes ``overflow``."""
-
-    def __init__(
-        self, cap: int, overflow: str, allowed: Callable[[str], bool] | None = None
-    ) -> None:
-        self._cap = cap
-        self._overflow = overflow
-        self._allowed = allowed
-        self._accepted: set[str] = set()
-
-    def __call__(self, value: str) -> str:
-        if value in self._accepted:
-            return value
-        if (
-            len(self._accepted) >= self._cap
-            or value == self._overflow
-            or (self._allowed is not None and not self._allowed(value))
-        ):
-            # Not remembered: a name registered later may still get its own series.
-            return self._overflow
-        self._accepted.add(value)
-        return value
+def _labels(span: ExemplarSpan | None) -> dict[str, str] | None:
+    return None if span is None else exemplar_labels(span)
 
 
+# -- bounded labels: the rule every instrumentation shares (soniq.instrumentation) -----------
 class SeriesCache:
     """(queue, job name) as found on a job -> its Series, with both labels bounded."""
 

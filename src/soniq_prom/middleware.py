@@ -8,15 +8,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from soniq import AttemptContext, CallNext, EnqueueContext, Middleware
-from soniq.middleware import EnqueueNext
+from soniq import AttemptContext, EnqueueContext, Middleware
+from soniq.middleware import EnqueueNext, ObservingLayer
 
 from .config import PrometheusConfig
 from .exposition import MetricsServer
-from .families import Backend, ClientFamilies, LocalFamilies, SeriesCache
+from .families import Backend, ClientFamilies, LocalFamilies, Series, SeriesCache
 from .multiprocess import is_multiprocess_child
 from .queue_state import QueueStateCollector
 
@@ -26,19 +27,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger("soniq")
 
 
-def current_exemplar() -> dict[str, str] | None:
-    """The current span's ids, if it is sampled: an exemplar pointing at a trace that the
-    tracing backend actually keeps."""
+def sampled_span() -> SpanContext | None:
+    """The current span's context, if it is sampled: an exemplar pointing at a trace that the
+    tracing backend actually keeps. Its ids are spelt out only when a scrape asks for them
+    (``families.exemplar_labels``), not on every attempt."""
     context = trace.get_current_span().get_span_context()
-    if not (context.trace_flags.sampled and context.is_valid):
-        return None
-    return {
-        "trace_id": format(context.trace_id, "032x"),
-        "span_id": format(context.span_id, "016x"),
-    }
+    # The sampled bit of the W3C trace flags, read as an int (the property costs more).
+    return context if context.trace_flags & 1 and context.is_valid else None
 
 
-class PrometheusMetrics(Middleware):
+class PrometheusMetrics(ObservingLayer):
     """Counts enqueues and attempts, times them, and serves ``/metrics`` when the worker has a
     ``metrics_port``. Added by ``app.instrument(prometheus=...)``."""
 
@@ -85,21 +83,26 @@ class PrometheusMetrics(Middleware):
         return "PrometheusMetrics()"
 
     # -- attempts ------------------------------------------------------------------------
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+    def begin(self, ctx: AttemptContext) -> tuple[Series, SpanContext | None, float]:
         series = self.series.get(ctx.queue, ctx.job_name)
-        exemplar = current_exemplar() if self._exemplars else None
+        exemplar = sampled_span() if self._exemplars else None
         series.begin(ctx.queue_wait_s, exemplar)
-        started = time.perf_counter()
-        try:
-            return await call_next(ctx)
-        finally:
-            ms = ctx.duration_ms  # the job function's own time, when it was called
-            # No outcome: the attempt was cancelled by shutdown and goes back uncounted.
-            series.end(
-                ctx.outcome,
-                ms / 1000.0 if ms is not None else time.perf_counter() - started,
-                exemplar,
-            )
+        return series, exemplar, time.perf_counter()
+
+    def end(
+        self,
+        ctx: AttemptContext,
+        state: tuple[Series, SpanContext | None, float],
+        error: BaseException | None,
+    ) -> None:
+        series, exemplar, started = state
+        ms = ctx.duration_ms  # the job function's own time, when it was called
+        # No outcome: the attempt was cancelled by shutdown and goes back uncounted.
+        series.end(
+            ctx.outcome,
+            ms / 1000.0 if ms is not None else time.perf_counter() - started,
+            exemplar,
+        )
 
     # -- enqueues ------------------------------------------------------------------------
     async def enqueue(self, ctx: EnqueueContext, call_next: EnqueueNext) -> None:

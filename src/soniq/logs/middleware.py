@@ -10,9 +10,9 @@ says little that the end line (with ``queue_wait_ms`` and ``duration_ms``) does 
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import logging
+from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from opentelemetry import trace
 from ..context import AttemptContext
 from ..control import Snooze
 from ..jobs import Outcome
-from ..middleware import CallNext, Middleware
+from ..middleware import ObservingLayer
 from .context_filter import attach_context_filter, attempt_in_chain
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class LogConfig:
     attach_context_filter: bool = True
 
 
-class LogMiddleware(Middleware):
+class LogMiddleware(ObservingLayer):
     telemetry = True
     order = 20
 
@@ -81,31 +81,37 @@ class LogMiddleware(Middleware):
         if self.config.attach_context_filter:
             attach_context_filter()
 
-    async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+    def begin(self, ctx: AttemptContext) -> Token[AttemptContext | None]:
         log = self.logger
         if log.isEnabledFor(logging.DEBUG):
             started = {"event": JOB_STARTED, **_job_fields(ctx)}
             if self.config.log_args:
                 started["job_args"] = ctx.args
             _emit(log, logging.DEBUG, MESSAGES[JOB_STARTED], started)
-        token = attempt_in_chain.set(ctx)
+        return attempt_in_chain.set(ctx)
+
+    def end(
+        self, ctx: AttemptContext, state: Token[AttemptContext | None], error: BaseException | None
+    ) -> None:
         try:
-            result = await call_next(ctx)
-        except Exception as exc:
-            self._failed(ctx, exc, _job_fields(ctx))
-            raise
-        except asyncio.CancelledError:
-            if ctx.outcome == Outcome.CANCELLED and log.isEnabledFor(logging.INFO):
+            self._ended(ctx, error)
+        finally:
+            attempt_in_chain.reset(state)
+
+    def _ended(self, ctx: AttemptContext, error: BaseException | None) -> None:
+        if error is not None:
+            if isinstance(error, Exception):
+                self._failed(ctx, error, _job_fields(ctx))
+            elif ctx.outcome == Outcome.CANCELLED and self.logger.isEnabledFor(logging.INFO):
                 record = {
                     "event": JOB_CANCELLED,
                     **_job_fields(ctx),
                     **_timing(ctx),
                     "outcome": Outcome.CANCELLED,
                 }
-                _emit(log, logging.INFO, MESSAGES[JOB_CANCELLED], record)
-            raise
-        finally:
-            attempt_in_chain.reset(token)
+                _emit(self.logger, logging.INFO, MESSAGES[JOB_CANCELLED], record)
+            return
+        log = self.logger
         snooze = ctx.result if isinstance(ctx.result, Snooze) else None
         if snooze is not None and ctx.outcome == Outcome.DEAD_LETTER:  # past max_snoozes
             record = {
@@ -115,7 +121,7 @@ class LogMiddleware(Middleware):
                 "outcome": Outcome.DEAD_LETTER,
                 "error": f"snoozed more than max_snoozes ({ctx.spec.max_snoozes})",
             }
-            self.logger.error(MESSAGES[JOB_DEAD_LETTER], extra=record)
+            log.error(MESSAGES[JOB_DEAD_LETTER], extra=record)
         elif log.isEnabledFor(logging.INFO):
             outcome = ctx.outcome or Outcome.DONE
             event = JOB_DONE if outcome == Outcome.DONE else _CONTROL_EVENTS.get(outcome, JOB_DONE)
@@ -145,7 +151,6 @@ class LogMiddleware(Middleware):
             if self.config.log_args:
                 done["job_args"] = ctx.args
             _emit(log, logging.INFO, MESSAGES[event], done)
-        return result
 
     def _failed(self, ctx: AttemptContext, exc: Exception, fields: dict[str, Any]) -> None:
         # Outer layers see the outcome settled by the inner ones; the fallback only guards a
