@@ -60,6 +60,9 @@ class Middleware:
     telemetry: ClassVar[bool] = False
     #: Position among telemetry layers (lower is further out).
     order: ClassVar[int] = 100
+    #: This layer logs every failed attempt itself, so the default failure log
+    #: (:mod:`soniq.logs.failures`) steps aside while it is in the chain.
+    logs_failures: ClassVar[bool] = False
 
     @property
     def key(self) -> object:

@@ -1,34 +1,61 @@
 """Structured logs for Soniq: job events as records with fields, linked to the attempt's trace.
 
-``app.instrument(logs=True)`` (or ``logs=LogConfig(...)``) adds :class:`LogMiddleware`;
-:class:`JsonFormatter`, :class:`TextFormatter` and :class:`JobContextFilter` work on any
-handler. See docs/logs.md for every event and field.
+``app.instrument(logs=True)`` (or ``logs=LogConfig(...)``) adds :class:`LogMiddleware`, the
+``logs`` instrumentation (:mod:`soniq.logs.plugin`, found by entry point; importing this package
+does not load it). :class:`JsonFormatter`, :class:`TextFormatter` and
+:class:`JobContextFilter` work on any handler; the default failure log and the CLI's logging
+set-up live here too. See docs/logs.md for every event and field.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-
-from soniq.instrumentation import config_from, install_layer
 
 from .context_filter import JobContextFilter, attach_context_filter, trace_ids
 from .failures import FailureLogMiddleware
 from .formatter import JsonFormatter, TextFormatter
-from .middleware import (
-    JOB_DEAD_LETTER,
-    JOB_DONE,
-    JOB_RETRY,
-    JOB_STARTED,
-    WORKER_STARTED,
-    WORKER_STOPPING,
-    LogConfig,
-    LogMiddleware,
-)
 
 if TYPE_CHECKING:
-    from soniq.app import Soniq
+    from .middleware import (
+        JOB_DEAD_LETTER,
+        JOB_DONE,
+        JOB_RETRY,
+        JOB_STARTED,
+        WORKER_STARTED,
+        WORKER_STOPPING,
+        LogConfig,
+        LogMiddleware,
+    )
+    from .plugin import install
+
+# The log layer and its install are the ``logs`` instrumentation (:mod:`soniq.logs.plugin`):
+# importing soniq.logs for its formatters must not load them, so they are found on first use.
+_LAYER_NAMES = frozenset(
+    {
+        "JOB_DEAD_LETTER",
+        "JOB_DONE",
+        "JOB_RETRY",
+        "JOB_STARTED",
+        "WORKER_STARTED",
+        "WORKER_STOPPING",
+        "LogConfig",
+        "LogMiddleware",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAYER_NAMES:
+        from . import middleware
+
+        return getattr(middleware, name)
+    if name == "install":
+        from .plugin import install
+
+        return install
+    raise AttributeError(f"module 'soniq.logs' has no attribute {name!r}")
+
 
 __all__ = [
     "JOB_DEAD_LETTER",
@@ -50,23 +77,6 @@ __all__ = [
 ]
 
 FORMATS = ("text", "json")
-
-
-def install(app: Soniq, config: LogConfig | Mapping[str, Any] | None = None) -> LogMiddleware:
-    """Add the log layer to ``app`` (what ``app.instrument(logs=...)`` calls, found through
-    the ``soniq.instrumentations`` entry point ``logs``); returns the layer in the chain.
-
-    Installing again with no config, or an equal one, changes nothing; a different config
-    replaces the layer in place, refused while a worker of the app runs (the rule of
-    :func:`soniq.instrumentation.install_layer`, shared by every instrumentation).
-    """
-    wanted = config_from(LogConfig, config, "logs")
-    layer = install_layer(
-        app, LogMiddleware, wanted, LogMiddleware, config_of=lambda layer: layer.config
-    )
-    if layer.config.attach_context_filter:
-        attach_context_filter()
-    return layer
 
 
 def configure_logging(fmt: str, level: str | int) -> None:

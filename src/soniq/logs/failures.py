@@ -21,7 +21,6 @@ from typing import Any
 from ..context import AttemptContext
 from ..jobs import Outcome
 from ..middleware import CallNext, Middleware, MiddlewareChain
-from .middleware import LogMiddleware
 
 #: The ``event`` field, as the structured-log layer names the same two events.
 RETRY_EVENT = "job.retry"
@@ -61,7 +60,7 @@ class FailureLogMiddleware(Middleware):
         wrapper's promises itself: the job's result or error passes through untouched (the
         inner layers settled the outcome) and its own failure is reported, never raised.
         """
-        if any(isinstance(layer, LogMiddleware) for layer in chain):
+        if any(layer.logs_failures for layer in chain):
             # The log layer reports each failure itself, with every field: once is enough. Any
             # edit composes the chain again, so removing that layer brings this step back.
             return call_next

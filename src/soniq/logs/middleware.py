@@ -68,6 +68,7 @@ class LogConfig:
 class LogMiddleware(ObservingLayer):
     telemetry = True
     order = 20
+    logs_failures = True
 
     def __init__(self, config: LogConfig | None = None) -> None:
         self.config = config or LogConfig()

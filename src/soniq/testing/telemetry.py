@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..instrumentation import find, load
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -175,7 +176,10 @@ class Telemetry:
         self._undo.append(uninstall)
 
     def _capture_logs(self) -> None:
-        from ..logs import LogConfig, LogMiddleware
+        # The log layer is the ``logs`` instrumentation: found as app.instrument finds it, by
+        # its entry point, so the core imports no plugin even here.
+        logs_plugin: Any = load(find(["logs"])["logs"])
+        LogConfig, LogMiddleware = logs_plugin.LogConfig, logs_plugin.LogMiddleware
 
         app = self.app
         layer = next((m for m in app.middleware if isinstance(m, LogMiddleware)), None)
