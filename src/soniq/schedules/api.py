@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware import EnqueueContext, PendingJob
 from .spec import ScheduleSpec, make_schedule
-from .store import ScheduleState, ScheduleStore
+from .store import ListedSchedule, ScheduleState, ScheduleStore
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from ..app import Soniq
 
 
@@ -97,17 +95,17 @@ class Scheduler:
         schedule alone. ``ctx.fire_time`` is the trigger time."""
         from ..app import new_job_id
 
-        row = await self._store.get(name, self._app.settings.lease_seconds)
-        if row is None:
+        stored = await self._store.get(name, self._app.settings.lease_seconds)
+        if stored is None:
             raise self._missing(name)
         job_id = new_job_id()
-        spec = self._app.registry.find(row["job_name"])
+        spec = self._app.registry.find(stored.job_name)
         if spec is None:
             written = await self._store.trigger_from_row(name, job_id)
             if written is None:
                 raise self._missing(name)
             return written
-        args_json = spec.bind(json.loads(row["args"]))
+        args_json = spec.bind(json.loads(stored.args))
         async with self._store.transaction() as conn:
             # The database's now, like every fire time (and what the testing clock moves).
             pending = PendingJob(
@@ -128,10 +126,10 @@ class Scheduler:
         return job_id
 
     async def get(self, name: str) -> dict[str, Any]:
-        row = await self._store.get(name, self._app.settings.lease_seconds)
-        if row is None:
+        stored = await self._store.get(name, self._app.settings.lease_seconds)
+        if stored is None:
             raise self._missing(name)
-        return schedule_dict(row)
+        return schedule_dict(stored)
 
     async def list(self) -> list[dict[str, Any]]:
         """Every schedule in the database, by name."""
@@ -148,26 +146,26 @@ class Scheduler:
         )
 
 
-def schedule_dict(row: asyncpg.Record) -> dict[str, Any]:
-    next_run_at: datetime | None = row["next_run_at"]
+def schedule_dict(stored: ListedSchedule) -> dict[str, Any]:
+    """The public shape of a schedule (``get``, ``list``, ``soniq schedules list --json``)."""
     return {
-        "name": row["name"],
-        "job_name": row["job_name"],
-        "cron": row["cron"],
-        "every": row["every_s"],
-        "timezone": row["timezone"],
-        "args": json.loads(row["args"]),
-        "queue": row["queue"],
-        "missed": row["missed"],
-        "overlap": row["overlap"],
-        "jitter": row["jitter_s"],
-        "source": row["source"],
-        "paused": row["paused"],
-        "orphaned": row["orphaned"],
-        "next_run_at": next_run_at,
-        "last_run_at": row["last_run_at"],
-        "last_job_id": row["last_job_id"],
-        "fired": row["fired_total"],
-        "skipped_overlap": row["skipped_total"],
-        "missed_fires": row["missed_total"],
+        "name": stored.name,
+        "job_name": stored.job_name,
+        "cron": stored.cron,
+        "every": stored.every_s,
+        "timezone": stored.timezone,
+        "args": json.loads(stored.args),
+        "queue": stored.queue,
+        "missed": stored.missed,
+        "overlap": stored.overlap,
+        "jitter": stored.jitter_s,
+        "source": stored.source,
+        "paused": stored.paused,
+        "orphaned": stored.orphaned,
+        "next_run_at": stored.next_run_at,
+        "last_run_at": stored.last_run_at,
+        "last_job_id": stored.last_job_id,
+        "fired": stored.fired_total,
+        "skipped_overlap": stored.skipped_total,
+        "missed_fires": stored.missed_total,
     }

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..db_errors import CONNECTION_ERRORS
 from ..errors import DatabaseUnavailable, SoniqError
 from ..middleware import EnqueueContext, PendingJob
-from .spec import ScheduleSpec, spec_from_row
+from .spec import ScheduleSpec
 from .store import ScheduleStore
 from .timing import plan
 
@@ -125,11 +125,11 @@ class ScheduleRunner:
     async def _load(self) -> None:
         names = self.app.registry.names()
         await self.store.set_worker_job_names(self.worker_id, names)
-        rows = await self.store.worker_schedules(names)
+        schedules = await self.store.worker_schedules(names)
         loop = asyncio.get_running_loop()
         self._due = {}
-        for row in rows:
-            self._place(row["name"], row["next_run_at"], row["db_now"], loop.time())
+        for stored in schedules:
+            self._place(stored.name, stored.next_run_at, stored.db_now, loop.time())
 
     def _place(self, name: str, next_run_at: datetime | None, db_now: datetime, at: float) -> None:
         if next_run_at is None:  # paused
@@ -166,22 +166,22 @@ class ScheduleRunner:
         fired: list[tuple[datetime, str]] = []
         skipped: list[datetime] = []
         async with self.store.transaction() as conn:
-            row = await self.store.lock(conn, name)
+            locked = await self.store.lock(conn, name)
             started = loop.time()
-            if row is None:
+            if locked is None:
                 self._due.pop(name, None)
                 return
-            spec = spec_from_row(row)
+            spec = locked.to_spec()
             job = self.app.registry.find(spec.job_name)
-            db_now: datetime = row["db_now"]
-            if job is None or row["paused"] or row["next_run_at"] is None:
+            db_now = locked.db_now
+            if job is None or locked.paused or locked.next_run_at is None:
                 self._due.pop(name, None)
                 return
-            todo = plan(spec, row["next_run_at"], db_now)
+            todo = plan(spec, locked.next_run_at, db_now)
             if not todo.fire and not todo.missed:
-                self._place(name, row["next_run_at"], db_now, started)
+                self._place(name, locked.next_run_at, db_now, started)
                 return  # another worker fired it first
-            busy = bool(row["busy"]) and not spec.overlap
+            busy = locked.busy and not spec.overlap
             args_json = job.bind(spec.args)
             for fire_time in todo.fire:
                 if busy:

@@ -193,24 +193,5 @@ def make_schedule(
     )
 
 
-def spec_from_row(row: Any) -> ScheduleSpec:
-    """A schedule as read back from the database (checked when it was written)."""
-    return ScheduleSpec(
-        name=row["name"],
-        job_name=row["job_name"],
-        cron=row["cron"],
-        every=row["every_s"],
-        timezone=row["timezone"],
-        args=json.loads(row["args"]),
-        queue=row["queue"],
-        priority=row["priority"],
-        max_attempts=row["max_attempts"],
-        missed=row["missed"],
-        overlap=row["overlap"],
-        jitter=row["jitter_s"],
-        source=row["source"],
-    )
-
-
 def as_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)

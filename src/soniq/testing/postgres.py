@@ -9,6 +9,10 @@ one server never see each other's jobs.
 
 The functions are synchronous (fixtures are) and run their queries on a short-lived loop of
 their own in another thread, so they work whether or not the caller's thread runs a loop.
+
+This module sends its own two statements, CREATE and DROP DATABASE: they go to the server's
+maintenance database, where no Soniq store exists (no schema, no pool), so it is one of the
+store modules ``tests/test_store_rule.py`` allows. Everything else goes through ``Soniq``.
 """
 
 from __future__ import annotations
