@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import psycopg
+import psycopg2
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -166,12 +167,31 @@ class PsycopgCaller(SyncCaller):
         self.handle.execute("COMMIT" if commit else "ROLLBACK")
 
 
-class SQLAlchemyCaller(SyncCaller):
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+class Psycopg2Caller(SyncCaller):
+    """psycopg2, as Django and Flask apps very often have it: not in autocommit, the first
+    statement (the enqueue) begins the transaction."""
+
+    def __init__(self, autocommit: bool = False) -> None:
+        self.autocommit = autocommit
 
     def open_(self, url: str) -> None:
-        self.engine = create_engine(plain_url(url, "psycopg"))
+        self.handle = psycopg2.connect(url)
+        if self.autocommit:  # a transaction the caller opened by hand
+            self.handle.autocommit = True
+            with self.handle.cursor() as cur:
+                cur.execute("BEGIN")
+
+    def finish_(self, commit: bool) -> None:
+        with self.handle.cursor() as cur:
+            cur.execute("COMMIT" if commit else "ROLLBACK")
+
+
+class SQLAlchemyCaller(SyncCaller):
+    def __init__(self, kind: str, driver: str = "psycopg") -> None:
+        self.kind, self.driver = kind, driver
+
+    def open_(self, url: str) -> None:
+        self.engine = create_engine(plain_url(url, self.driver))
         self.handle = Session(self.engine) if self.kind == "session" else self.engine.connect()
 
     def close_(self) -> None:
@@ -184,11 +204,16 @@ CALLERS: dict[str, Callable[[], Caller]] = {
     "psycopg-async": PsycopgAsyncCaller,
     "sqlalchemy-async-session-asyncpg": lambda: SQLAlchemyAsyncCaller("asyncpg", "session"),
     "sqlalchemy-async-session-psycopg": lambda: SQLAlchemyAsyncCaller("psycopg", "session"),
-    "sqlalchemy-async-connection": lambda: SQLAlchemyAsyncCaller("asyncpg", "connection"),
+    "sqlalchemy-async-connection-asyncpg": lambda: SQLAlchemyAsyncCaller("asyncpg", "connection"),
+    "sqlalchemy-async-connection-psycopg": lambda: SQLAlchemyAsyncCaller("psycopg", "connection"),
     "psycopg": PsycopgCaller,
     "psycopg-autocommit-begin": lambda: PsycopgCaller(autocommit=True),
-    "sqlalchemy-session": lambda: SQLAlchemyCaller("session"),
-    "sqlalchemy-connection": lambda: SQLAlchemyCaller("connection"),
+    "psycopg2": Psycopg2Caller,
+    "psycopg2-autocommit-begin": lambda: Psycopg2Caller(autocommit=True),
+    "sqlalchemy-session-psycopg": lambda: SQLAlchemyCaller("session"),
+    "sqlalchemy-connection-psycopg": lambda: SQLAlchemyCaller("connection"),
+    "sqlalchemy-session-psycopg2": lambda: SQLAlchemyCaller("session", "psycopg2"),
+    "sqlalchemy-connection-psycopg2": lambda: SQLAlchemyCaller("connection", "psycopg2"),
 }
 # Django's connection: examples/django's tests (test_django_example.py).
 
@@ -278,21 +303,31 @@ async def test_unique_jobs_on_an_autocommit_connection_take_a_transaction_of_the
     async def strict(k: str) -> None: ...
 
     conn = await asyncio.to_thread(psycopg.connect, clean_db, autocommit=True)
+    conn2 = await asyncio.to_thread(psycopg2.connect, clean_db)
+    conn2.autocommit = True
     aconn = await psycopg.AsyncConnection.connect(clean_db, autocommit=True)
     try:
         a = await asyncio.to_thread(txapp.enqueue_sync, "tx.strict", k="a", connection=conn)
         assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 1  # committed
-        with pytest.raises(DuplicateJob):
-            await asyncio.to_thread(
-                txapp.enqueue_many_sync, "tx.strict", [{"k": "b"}, {"k": "a"}], connection=conn
-            )
+        for sync_conn in (conn, conn2):
+            with pytest.raises(DuplicateJob):
+                await asyncio.to_thread(
+                    txapp.enqueue_many_sync,
+                    "tx.strict",
+                    [{"k": "b"}, {"k": "a"}],
+                    connection=sync_conn,
+                )
         with pytest.raises(DuplicateJob):
             await txapp.enqueue_many("tx.strict", [{"k": "c"}, {"k": "a"}], connection=aconn)
         assert await db.fetchval("SELECT count(*) FROM soniq_jobs") == 1
-        assert conn.info.transaction_status == aconn.info.transaction_status == 0  # idle
+        statuses = {c.info.transaction_status for c in (conn, conn2, aconn)}
+        assert statuses == {0}  # idle
         assert await txapp.enqueue("tx.strict", k="d", connection=aconn) != a
+        e = await asyncio.to_thread(txapp.enqueue_sync, "tx.strict", k="e", connection=conn2)
+        assert await db.fetchval("SELECT count(*) FROM soniq_jobs WHERE id = $1", e) == 1
     finally:
         await asyncio.to_thread(conn.close)
+        await asyncio.to_thread(conn2.close)
         await aconn.close()
 
 
@@ -304,12 +339,13 @@ async def test_a_connection_of_the_wrong_kind_is_named(txapp: Soniq, clean_db: s
         import sqlite3
 
         await txapp.enqueue("tx.job", n=1, connection=sqlite3.connect(":memory:"))
-    conn = await asyncio.to_thread(psycopg.connect, clean_db)
-    try:
-        with pytest.raises(ConfigurationError, match="enqueue_sync"):
-            await txapp.enqueue("tx.job", n=1, connection=conn)
-    finally:
-        await asyncio.to_thread(conn.close)
+    for connect in (psycopg.connect, psycopg2.connect):
+        conn = await asyncio.to_thread(connect, clean_db)
+        try:
+            with pytest.raises(ConfigurationError, match="enqueue_sync"):
+                await txapp.enqueue("tx.job", n=1, connection=conn)
+        finally:
+            await asyncio.to_thread(conn.close)
     aconn = await asyncpg.connect(clean_db)
     try:
         with pytest.raises(ConfigurationError, match=r"await app\.enqueue"):
@@ -318,13 +354,10 @@ async def test_a_connection_of_the_wrong_kind_is_named(txapp: Soniq, clean_db: s
         await aconn.close()
 
 
-async def test_refused_values_raise_the_usual_error(txapp: Soniq, clean_db: str) -> None:
-    aconn = await psycopg.AsyncConnection.connect(clean_db)
-    try:
-        with pytest.raises(JobArgumentsError, match="cannot be stored"):
-            await txapp.enqueue("tx.job", n="nul \x00", connection=aconn)
-    finally:
-        await aconn.close()
+async def test_refused_values_raise_the_usual_error(txapp: Soniq, caller: Caller) -> None:
+    """Each driver (and SQLAlchemy around it) raises its own DataError: all mean the same."""
+    with pytest.raises(JobArgumentsError, match="cannot be stored"):
+        await caller.call(txapp, "enqueue", "tx.job", n="nul \x00")
 
 
 def test_placeholders_are_rewritten_once_per_statement() -> None:

@@ -52,8 +52,17 @@ async def test_every_table_is_in_the_schema(
             "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
             "WHERE t.typname = 'soniq_job_status' ORDER BY 1"
         )
+        functions = await conn.fetch(
+            "SELECT n.nspname, p.proname FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.proname LIKE 'soniq%' "
+            "ORDER BY 1, 2"
+        )
     finally:
         await conn.close()
+    assert [tuple(r) for r in functions] == [
+        ("app_a", "soniq_claim_limited"),
+        ("app_b", "soniq_claim_limited"),
+    ]
     schemas = {r["nspname"] for r in found}
     assert schemas == {"app_a", "app_b"}  # nothing in public
     tables = {(r["nspname"], r["relname"]) for r in found if r["relkind"] == "r"}
@@ -240,20 +249,25 @@ async def test_connection_settings_change_only_before_connecting(
         await app.close()
 
 
-def test_every_table_and_type_the_migrations_create_is_qualified() -> None:
-    created = set()
+def test_every_table_type_and_function_the_migrations_create_is_qualified() -> None:
+    created: set[str] = set()
     for migration in migrations.MIGRATIONS:
         created |= set(
             re.findall(
-                r"CREATE (?:TABLE|TYPE)(?: IF NOT EXISTS)? (soniq_\w+)", migration, re.IGNORECASE
+                r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNLOGGED\s+|MATERIALIZED\s+)?"
+                r"(?:TABLE|TYPE|FUNCTION|PROCEDURE|VIEW|SEQUENCE)"
+                r"(?:\s+IF\s+NOT\s+EXISTS)?\s+(soniq_\w+)",
+                migration,
+                re.IGNORECASE,
             )
         )
-    assert created, "the pattern no longer finds the CREATE statements"
+    # The pattern still finds each kind of CREATE (else it would check nothing).
+    assert {"soniq_jobs", "soniq_job_status", "soniq_claim_limited"} <= created, created
     missing = created - set(sql.SCHEMA_NAMES)
     assert not missing, f"add {sorted(missing)} to sql.SCHEMA_NAMES"
     for migration in migrations.MIGRATIONS:
         for name in created:
-            # No bare use of a table or type is left in a qualified migration.
+            # No bare use of a table, type or function is left in a qualified migration.
             assert not re.search(rf"(?<![\w.]){name}\b(?!:)", qualify(migration, "s")), name
 
 
@@ -294,3 +308,78 @@ async def test_awaited_results_in_a_schema(
             assert await a.get_result(job, wait=15) == "awaited"
     finally:
         await a.close()
+
+
+async def test_limited_and_rated_queues_in_a_schema(two: tuple[Soniq, Soniq, list[str]]) -> None:
+    """The limited claim (a function the migrations create) is called in the schema: once it
+    was called bare, and with no Soniq in the search_path the worker failed to claim."""
+    a, _, ran = two
+    await a.set_queue_limit("lim", 1)
+    await a.set_queue_rate("rated", 50)
+    ids = [await a.enqueue("shared.name", queue="lim", tag=f"l{i}") for i in range(3)]
+    ids += [await a.enqueue("shared.name", queue="rated", tag=f"r{i}") for i in range(3)]
+    async with running_worker(a, concurrency=4):
+        for job_id in ids:
+            await wait_status(a, job_id, "done", timeout=10)
+    assert sorted(ran) == [f"app_a:{t}" for t in ("l0", "l1", "l2", "r0", "r1", "r2")]
+
+
+async def test_limited_queues_of_two_apps_claim_only_their_own_jobs(
+    empty_database_url: str,
+) -> None:
+    """A public-schema app and a schema app in one database, each with a limit on a queue of
+    the same name: each worker claims its own app's jobs only (the schema app's worker once
+    called the public app's function and took its jobs)."""
+    ran: list[str] = []
+    public, jobs = make(empty_database_url, None, ran), make(empty_database_url, "jobs", ran)
+    try:
+        for app in (public, jobs):
+            await app.setup()
+            await app.set_queue_limit("lim", 1)
+        theirs = [await public.enqueue("shared.name", queue="lim", tag=f"p{i}") for i in range(3)]
+        ours = [await jobs.enqueue("shared.name", queue="lim", tag=f"j{i}") for i in range(3)]
+        async with running_worker(jobs, concurrency=4):
+            for job_id in ours:
+                await wait_status(jobs, job_id, "done", timeout=10)
+        assert sorted(ran) == ["jobs:j0", "jobs:j1", "jobs:j2"]
+        for job_id in theirs:
+            assert (await public.get_job(job_id) or {})["status"] == "queued"
+        async with running_worker(public, concurrency=4):
+            for job_id in theirs:
+                await wait_status(public, job_id, "done", timeout=10)
+        assert sorted(ran) == ["None:p0", "None:p1", "None:p2", "jobs:j0", "jobs:j1", "jobs:j2"]
+    finally:
+        await public.close()
+        await jobs.close()
+
+
+async def test_a_schema_set_up_before_functions_were_qualified_claims_limited_queues(
+    empty_database_url: str,
+) -> None:
+    """Setups before soniq_claim_limited was in sql.SCHEMA_NAMES created it by its bare name
+    under the schema's search_path, so in the schema: where the qualified call finds it."""
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE SCHEMA old; SET LOCAL search_path TO old")
+            await conn.execute(qualify(sql.CREATE_VERSION_TABLE, "old"))
+            for version, migration in enumerate(migrations.MIGRATIONS, start=1):
+                then = qualify(migration, "old")
+                for function in ("soniq_claim_limited", "soniq_notify_insert"):
+                    then = then.replace(f"old.{function}", function)  # as they were
+                await conn.execute(then)
+                await conn.execute(qualify(sql.RECORD_VERSION, "old"), version)
+        assert await conn.fetchval("SELECT to_regproc('old.soniq_claim_limited') IS NOT NULL")
+    finally:
+        await conn.close()
+    ran: list[str] = []
+    app = make(empty_database_url, "old", ran)
+    try:
+        await app.setup()  # nothing to migrate: the version is current
+        await app.set_queue_limit("lim", 1)
+        job = await app.enqueue("shared.name", queue="lim", tag="old-db")
+        await drain(app)
+        assert (await app.get_job(job) or {})["status"] == "done"
+        assert ran == ["old:old-db"]
+    finally:
+        await app.close()

@@ -320,8 +320,25 @@ def wrong_side(adapter: Adapter, sync_call: bool) -> ConfigurationError:
 
 def refused_data(exc: BaseException) -> bool:
     """Whether a driver's error says PostgreSQL (or the driver) refused a value, not a
-    connection problem: DataError in any of the drivers' and frameworks' hierarchies."""
-    return any(k.__name__ in _DATA_ERRORS for k in type(exc).__mro__)
+    connection problem: DataError in any of the drivers' and frameworks' hierarchies, or the
+    SQLSTATE of one (class 22, 54000). The SQLSTATE and the wrapped errors are looked at too
+    because SQLAlchemy's asyncpg dialect maps only some asyncpg errors to its DataError and
+    raises the rest (an unsupported Unicode escape: a NUL in a string) as a bare DBAPIError."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if any(k.__name__ in _DATA_ERRORS for k in type(err).__mro__):
+            return True
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if isinstance(code, str) and (code.startswith("22") or code == "54000"):
+            return True
+        orig = getattr(err, "orig", None)  # SQLAlchemy's wrapper: the driver's error
+        todo += [orig if isinstance(orig, BaseException) else None, err.__cause__]
+    return False
 
 
 _DATA_ERRORS = {"DataError", "ProgramLimitExceeded", "ProgramLimitExceededError"}

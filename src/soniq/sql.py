@@ -24,8 +24,10 @@ SCHEDULES_CHANNEL = "soniq_schedules"
 CONTROL_CHANNEL = "soniq_control"
 
 # With Soniq(schema=...), these names are qualified with the schema in every statement, and
-# these NOTIFY channels get the schema's name appended (soniq.schema): list each table and type
-# a migration creates, and each channel (tests/test_schema_option.py checks the tables).
+# these NOTIFY channels get the schema's name appended (soniq.schema): list each table, type and
+# function a migration creates, and each channel (tests/test_schema_option.py checks them). A
+# function left out would be called by its bare name, found through the caller's search_path:
+# not found at all, or another app's (public) function, claiming that app's jobs.
 SCHEMA_NAMES = (
     "soniq_jobs",
     "soniq_workers",
@@ -34,6 +36,9 @@ SCHEMA_NAMES = (
     "soniq_schedules",
     "soniq_schedule_fires",
     "soniq_queues",
+    "soniq_claim_limited",
+    # Created by migration 1, dropped by 2: listed so both name the same function.
+    "soniq_notify_insert",
 )
 CHANNELS = (NOTIFY_CHANNEL, RESULTS_CHANNEL, SCHEDULES_CHANNEL, CONTROL_CHANNEL)
 

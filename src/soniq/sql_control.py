@@ -144,8 +144,8 @@ SELECT up.*, pg_notify('{CONTROL_CHANNEL}', 'queues'), pg_notify('{NOTIFY_CHANNE
 FROM up
 """
 
-# Claim from one limited queue (see soniq_claim_limited in migration 5): worker, queue, runnable
-# job names, most to claim, the worker's finished jobs not yet written.
+# Claim from one limited queue (see soniq_claim_limited in the migration to version 6): worker,
+# queue, runnable job names, most to claim, the worker's finished jobs not yet written.
 CLAIM_LIMITED = "SELECT * FROM soniq_claim_limited($1, $2, $3, $4, $5)"
 
 
