@@ -13,7 +13,9 @@ from .errors import JobArgumentsError
 from .jobs import PendingJob
 
 
-def _scheduled_args(j: PendingJob) -> tuple[Any, ...]:
+def _row(j: PendingJob) -> tuple[Any, ...]:
+    """The columns of ``sql.INSERT_JOB`` for one job, in its order (the other statements take a
+    prefix of them, or them and more, or them as columns of a batch)."""
     return (
         j.id,
         j.spec.name,
@@ -24,46 +26,22 @@ def _scheduled_args(j: PendingJob) -> tuple[Any, ...]:
         j.scheduled_at,
         j.delay_s,
         json.dumps(j.trace_context) if j.trace_context else None,
-        j.schedule,
-        j.fire_time,
     )
 
 
 def insert_statement(jobs: Sequence[PendingJob]) -> tuple[str, tuple[Any, ...]]:
     """The statement that writes ``jobs`` and its arguments (``$n`` placeholders)."""
-    query: str
-    args: tuple[Any, ...]
-    if len(jobs) == 1 and jobs[0].schedule is not None:
-        query, args = sql.INSERT_SCHEDULED_JOB, _scheduled_args(jobs[0])
-    elif len(jobs) == 1 and _ready_plain(jobs[0]):
+    if len(jobs) == 1:
         j = jobs[0]
-        query = sql.INSERT_READY_JOB
-        args = (
-            j.id,
-            j.spec.name,
-            j.queue,
-            j.args_json,
-            j.priority,
-            j.spec.max_attempts,
-        )
-    elif len(jobs) == 1:
+        if j.schedule is not None:
+            return sql.INSERT_SCHEDULED_JOB, (*_row(j), j.schedule, j.fire_time)
+        if _ready_plain(j):
+            # Due now, no trace context: the columns after max_attempts keep their defaults.
+            return sql.INSERT_READY_JOB, _row(j)[:6]
+        return sql.INSERT_JOB, _row(j)
+    if _uniform(jobs):
         j = jobs[0]
-        query = sql.INSERT_JOB
-        args = (
-            j.id,
-            j.spec.name,
-            j.queue,
-            j.args_json,
-            j.priority,
-            j.spec.max_attempts,
-            j.scheduled_at,
-            j.delay_s,
-            json.dumps(j.trace_context) if j.trace_context else None,
-        )
-    elif _uniform(jobs):
-        j = jobs[0]
-        query = sql.INSERT_UNIFORM_JOBS
-        args = (
+        return sql.INSERT_UNIFORM_JOBS, (
             [j.id for j in jobs],
             [j.args_json for j in jobs],
             [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
@@ -74,20 +52,8 @@ def insert_statement(jobs: Sequence[PendingJob]) -> tuple[str, tuple[Any, ...]]:
             j.scheduled_at,
             j.delay_s,
         )
-    else:
-        query = sql.INSERT_JOBS
-        args = (
-            [j.id for j in jobs],
-            [j.spec.name for j in jobs],
-            [j.queue for j in jobs],
-            [j.args_json for j in jobs],
-            [j.priority for j in jobs],
-            [j.spec.max_attempts for j in jobs],
-            [j.scheduled_at for j in jobs],
-            [j.delay_s for j in jobs],
-            [json.dumps(j.trace_context) if j.trace_context else None for j in jobs],
-        )
-    return query, args
+    # One array per column, in INSERT_JOB's order.
+    return sql.INSERT_JOBS, tuple(list(column) for column in zip(*map(_row, jobs), strict=True))
 
 
 def unstorable(jobs: Sequence[PendingJob], exc: BaseException) -> JobArgumentsError:
