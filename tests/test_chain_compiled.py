@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from soniq import AttemptContext, CallNext, Middleware, Soniq
+from soniq import AttemptContext, CallNext, Middleware, ObservingLayer, Soniq
 from soniq.middleware import EnqueueContext, EnqueueNext, MiddlewareChain
 from tests.support.waiting import running_worker, wait_status
 
@@ -94,3 +94,66 @@ async def test_edits_while_a_worker_runs_reach_its_next_attempts(app: Soniq) -> 
         await wait_status(app, second, "done")
     assert seen == ["middleware", "hook"]
     assert app.hooks.before_job == [hook]
+
+
+class Observer(ObservingLayer):
+    """Records its calls in a shared log; fails in ``begin`` or ``end`` when told to."""
+
+    def __init__(self, name: str, order: int, log: list[str], fail: str = "") -> None:
+        self.name, self.log, self.fail = name, log, fail
+        self.order = order  # the built-in position, per instance here
+
+    @property
+    def key(self) -> object:
+        return self.name
+
+    def begin(self, ctx: AttemptContext) -> str:
+        self.log.append(f"begin {self.name}")
+        if self.fail == "begin":
+            raise RuntimeError(f"{self.name} begin")
+        return self.name
+
+    def end(self, ctx: AttemptContext, state: str, error: BaseException | None) -> None:
+        self.log.append(f"end {self.name} {state} {ctx.outcome} {type(error).__name__}")
+        if self.fail == "end":
+            raise RuntimeError(f"{self.name} end")
+
+
+async def test_adjacent_observing_layers_nest_as_separate_steps_would(app: Soniq) -> None:
+    """The chain runs a run of observing layers in one frame; begins go outermost first and
+    ends innermost first, a failing begin leaves only its own layer out, a failing end is
+    reported, and a user middleware between two layers splits the run where it stands."""
+    log: list[str] = []
+    reported: list[str] = []
+    app.middleware.telemetry_error_listeners.append(lambda mw, exc: reported.append(str(exc)))
+    for name, order, fail in (("a", 10, "end"), ("b", 20, "begin"), ("c", 30, ""), ("d", 40, "")):
+        app.middleware.add_builtin(Observer(name, order, log, fail))
+
+    class Between(Middleware):
+        async def __call__(self, ctx: AttemptContext, call_next: CallNext) -> Any:
+            log.append("between")
+            return await call_next(ctx)
+
+    app.middleware.insert_after("c", Between())
+
+    @app.job(max_retries=0)
+    async def fails() -> None:
+        log.append("job")
+        raise ValueError("the job's own")
+
+    job_id = await app.enqueue(fails)
+    async with running_worker(app):
+        row = await wait_status(app, job_id, "dead_letter")
+    assert row["last_error"] == "ValueError: the job's own"
+    assert log == [
+        "begin a",
+        "begin b",
+        "begin c",
+        "between",
+        "begin d",
+        "job",
+        "end d d dead_letter ValueError",
+        "end c c dead_letter ValueError",
+        "end a a dead_letter ValueError",
+    ]
+    assert reported == ["b begin", "a end"]

@@ -104,9 +104,10 @@ class ObservingLayer(Middleware):
     they returned; an ``asyncio.CancelledError`` when shutdown or ``cancel_job`` interrupted
     the attempt). The result or error passes through untouched.
 
-    ``compose`` puts one frame in the chain for it (:func:`observing_step`), where the generic
-    telemetry wrapper needs three frames and an object per attempt; what ``begin`` or ``end``
-    raises is reported as a telemetry error and never fails the job.
+    The chain folds a run of adjacent observing layers into one frame
+    (:func:`soniq.compose.observing_step`), where the generic telemetry wrapper needs three
+    frames and an object per attempt for each layer; what ``begin`` or ``end`` raises is
+    reported as a telemetry error and never fails the job.
     """
 
     telemetry: ClassVar[bool] = True
@@ -126,45 +127,6 @@ class ObservingLayer(Middleware):
             raise
         self.end(ctx, state, None)
         return result
-
-    def compose_step(self, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
-        return observing_step(self, call_next, chain)
-
-
-_FAILED = object()  # begin() raised: the attempt runs without the layer
-
-
-def observing_step(layer: ObservingLayer, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
-    """One attempt step around ``call_next`` for ``layer``: what its ``begin`` or ``end``
-    raises is reported, never raised (the attempt goes on without the layer when ``begin``
-    fails), so the job's own result or error is all that leaves the step."""
-    begin, end = layer.begin, layer.end
-    report = chain.report_telemetry_error
-
-    async def observed(ctx: AttemptContext) -> Any:
-        try:
-            state = begin(ctx)
-        except Exception as own:
-            report(layer, own)
-            state = _FAILED
-        if state is _FAILED:
-            # Outside the ``except`` block, so the job's own error is not chained to this one.
-            return await call_next(ctx)
-        try:
-            result = await call_next(ctx)
-        except BaseException as exc:
-            try:
-                end(ctx, state, exc)
-            except Exception as own:
-                report(layer, own)
-            raise
-        try:
-            end(ctx, state, None)
-        except Exception as own:
-            report(layer, own)
-        return result
-
-    return observed
 
 
 class FunctionMiddleware(Middleware):
@@ -214,6 +176,8 @@ class MiddlewareChain:
         """
         call = self._job_calls.get(run_job)
         if call is None:
+            from .compose import compose  # which imports this module's classes
+
             call = compose(self, self.hooks.wrap(run_job))
             _remember(self._job_calls, run_job, call)
         return call
@@ -223,6 +187,8 @@ class MiddlewareChain:
         a caller can skip building an :class:`EnqueueContext` (``call is write``)."""
         call = self._enqueue_calls.get(write)
         if call is None:
+            from .compose import compose_enqueue
+
             call = compose_enqueue(self, write)
             _remember(self._enqueue_calls, write, call)
         return call
@@ -365,143 +331,3 @@ def _coerce(middleware: MiddlewareLike) -> Middleware:
     if callable(middleware):
         return FunctionMiddleware(middleware)
     raise TypeError(f"Not a middleware: {middleware!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Composition.
-
-
-def compose(chain: MiddlewareChain, innermost: CallNext) -> CallNext:
-    """Fold the middlewares around ``innermost`` (the hooks layer and the job); what
-    :meth:`MiddlewareChain.job_call` builds and keeps.
-
-    Every step settles the attempt's outcome as an exception or a result passes through it,
-    so each outer layer sees ``ctx.outcome`` already decided.
-    """
-    call = _settling(innermost)
-    for mw in reversed(list(chain)):
-        own = getattr(mw, "compose_step", None)  # a layer that builds its own, cheaper step
-        if own is not None:
-            call = own(call, chain)
-        else:
-            call = _telemetry_step(mw, call, chain) if mw.telemetry else _step(mw, call)
-    return call
-
-
-def _settling(call_next: CallNext) -> CallNext:
-    async def settle(ctx: AttemptContext) -> Any:
-        try:
-            result = await call_next(ctx)
-        except Exception as exc:
-            ctx.settle_failure(exc)
-            raise
-        if ctx.outcome != "done":
-            ctx.settle_success(result)
-        return result
-
-    return settle
-
-
-def _step(mw: Middleware, call_next: CallNext) -> CallNext:
-    def layer(ctx: AttemptContext) -> Awaitable[Any]:
-        return mw(ctx, call_next)
-
-    return _settling(layer)
-
-
-class _InnerCall:
-    """Records what the inner layers did, so a telemetry layer's own failure can be told apart
-    from the job's and the job's true result or error handed on."""
-
-    __slots__ = ("call_next", "called", "error", "result")
-
-    def __init__(self, call_next: CallNext) -> None:
-        self.call_next = call_next
-        self.called = False
-        self.error: BaseException | None = None
-        self.result: Any = None
-
-    async def __call__(self, ctx: AttemptContext) -> Any:
-        self.called = True
-        try:
-            self.result = await self.call_next(ctx)
-        except BaseException as exc:
-            self.error = exc
-            raise
-        return self.result
-
-
-def _telemetry_step(mw: Middleware, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
-    async def step(ctx: AttemptContext) -> Any:
-        inner = _InnerCall(call_next)
-        try:
-            await mw(ctx, inner)
-        except Exception as exc:
-            if exc is inner.error:
-                raise
-            chain.report_telemetry_error(mw, exc)
-        else:
-            if not inner.called:
-                chain.report_telemetry_error(
-                    mw, RuntimeError(f"{mw!r} did not call call_next; the job ran without it")
-                )
-        # A telemetry layer only observes: whatever it returned or swallowed, the attempt goes
-        # on with the inner layers' own result or error. Re-raised outside the ``except`` block
-        # so the job's exception keeps its own context chain for the recorded traceback.
-        if not inner.called:
-            return await call_next(ctx)
-        if inner.error is not None:
-            raise inner.error
-        return inner.result
-
-    return step
-
-
-def compose_enqueue(chain: MiddlewareChain, write: EnqueueNext) -> EnqueueNext:
-    call = write
-    for mw in reversed(list(chain)):
-        if type(mw).enqueue is Middleware.enqueue:
-            continue  # pass-through layers cost nothing
-        call = _enqueue_step(mw, call, chain)
-    return call
-
-
-def _enqueue_step(mw: Middleware, call_next: EnqueueNext, chain: MiddlewareChain) -> EnqueueNext:
-    if not mw.telemetry:
-        # A user's enqueue middleware decides: what it raises fails the enqueue.
-        async def user_step(ctx: EnqueueContext) -> None:
-            await mw.enqueue(ctx, call_next)
-
-        return user_step
-
-    async def step(ctx: EnqueueContext) -> None:
-        called = False
-        inner_error: BaseException | None = None
-
-        async def inner(c: EnqueueContext) -> None:
-            nonlocal called, inner_error
-            called = True
-            try:
-                await call_next(c)
-            except BaseException as exc:
-                inner_error = exc
-                raise
-
-        try:
-            await mw.enqueue(ctx, inner)
-        except Exception as exc:
-            if exc is inner_error:
-                raise
-            chain.report_telemetry_error(mw, exc)
-        else:
-            if not called:
-                chain.report_telemetry_error(
-                    mw, RuntimeError(f"{mw!r} did not call call_next; the jobs were written")
-                )
-        # As for attempts: a telemetry layer never decides whether the jobs are written.
-        if not called:
-            await call_next(ctx)
-        elif inner_error is not None:
-            raise inner_error
-
-    return step
