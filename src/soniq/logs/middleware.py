@@ -16,13 +16,14 @@ from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
+from opentelemetry.trace import get_current_span
 
 from ..context import AttemptContext
 from ..control import Snooze
 from ..jobs import Outcome
 from ..middleware import ObservingLayer
 from .context_filter import attach_context_filter, attempt_in_chain
+from .records import make_record
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -104,41 +105,41 @@ class LogMiddleware(ObservingLayer):
             if isinstance(error, Exception):
                 self._failed(ctx, error, _job_fields(ctx))
             elif ctx.outcome == Outcome.CANCELLED and self.logger.isEnabledFor(logging.INFO):
-                record = {
+                cancelled = {
                     "event": JOB_CANCELLED,
                     **_job_fields(ctx),
                     **_timing(ctx),
                     "outcome": Outcome.CANCELLED,
                 }
-                _emit(self.logger, logging.INFO, MESSAGES[JOB_CANCELLED], record)
+                _emit(self.logger, logging.INFO, MESSAGES[JOB_CANCELLED], cancelled)
             return
         log = self.logger
         snooze = ctx.result if isinstance(ctx.result, Snooze) else None
         if snooze is not None and ctx.outcome == Outcome.DEAD_LETTER:  # past max_snoozes
-            record = {
+            dead = {
                 "event": JOB_DEAD_LETTER,
                 **_job_fields(ctx),
                 **_timing(ctx),
                 "outcome": Outcome.DEAD_LETTER,
                 "error": f"snoozed more than max_snoozes ({ctx.spec.max_snoozes})",
             }
-            log.error(MESSAGES[JOB_DEAD_LETTER], extra=record)
+            log.error(MESSAGES[JOB_DEAD_LETTER], extra=dead)
         elif log.isEnabledFor(logging.INFO):
             outcome = ctx.outcome or Outcome.DONE
             event = JOB_DONE if outcome == Outcome.DONE else _CONTROL_EVENTS.get(outcome, JOB_DONE)
-            # Built in one go, in the order of the JSON line; the tracing layer's span is
-            # still current here, so its ids are the attempt's.
-            done: dict[str, Any] = {
-                "event": event,
-                "job_id": ctx.job_id,
-                "job_name": ctx.job_name,
-                "queue": ctx.queue,
-                "attempt": ctx.attempt,
-                "max_attempts": ctx.max_attempts,
-                "queue_wait_ms": round(ctx.queue_wait_s * 1000.0, 3),
-                "worker_id": ctx.worker_id,
-            }
-            span = trace.get_current_span().get_span_context()
+            # The fields go straight onto the record, in the order of the JSON line; the
+            # tracing layer's span is still current here, so its ids are the attempt's.
+            record = make_record(log, logging.INFO, MESSAGES[event])
+            done = record.__dict__
+            done["event"] = event
+            done["job_id"] = ctx.job_id
+            done["job_name"] = ctx.job_name
+            done["queue"] = ctx.queue
+            done["attempt"] = ctx.attempt
+            done["max_attempts"] = ctx.max_attempts
+            done["queue_wait_ms"] = round(ctx.queue_wait_s * 1000.0, 3)
+            done["worker_id"] = ctx.worker_id
+            span = get_current_span().get_span_context()
             if span.is_valid:
                 done["trace_id"] = format(span.trace_id, "032x")
                 done["span_id"] = format(span.span_id, "016x")
@@ -151,7 +152,7 @@ class LogMiddleware(ObservingLayer):
                     done["snooze_reason"] = snooze.reason
             if self.config.log_args:
                 done["job_args"] = ctx.args
-            _emit(log, logging.INFO, MESSAGES[event], done)
+            log.handle(record)
 
     def _failed(self, ctx: AttemptContext, exc: Exception, fields: dict[str, Any]) -> None:
         # Outer layers see the outcome settled by the inner ones; the fallback only guards a
@@ -181,9 +182,12 @@ class LogMiddleware(ObservingLayer):
 
 def _emit(log: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
     """``log.log(level, message, extra=fields)`` without looking up the caller's file and
-    line: they would always name this module, and the stack walk is a fifth of what a record
-    costs. The logger's filters, handlers and propagation apply as with ``log.log``."""
-    log.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None, "__call__", fields))
+    line (they would always name this module, and the stack walk is a fifth of what a record
+    costs) or making the record from scratch (:mod:`.records`). The logger's filters,
+    handlers and propagation apply as with ``log.log``."""
+    record = make_record(log, level, message)
+    record.__dict__.update(fields)
+    log.handle(record)
 
 
 def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
@@ -196,7 +200,7 @@ def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
         "queue_wait_ms": round(ctx.queue_wait_s * 1000.0, 3),
         "worker_id": ctx.worker_id,
     }
-    span = trace.get_current_span().get_span_context()
+    span = get_current_span().get_span_context()
     if span.is_valid:
         fields["trace_id"] = format(span.trace_id, "032x")
         fields["span_id"] = format(span.span_id, "016x")
