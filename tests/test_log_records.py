@@ -88,3 +88,16 @@ def test_a_forked_child_names_its_own_process() -> None:
     recorded, actual = queue.get(timeout=30)
     child.join(timeout=30)
     assert recorded == actual
+
+
+def test_logged_times_show_the_digits_round_would() -> None:
+    import random
+
+    from soniq.logs.middleware import _round3
+
+    chance = random.Random(20)
+    for scale in (0.001, 1.0, 250.0, 86_400_000.0):
+        for _ in range(20_000):
+            ms = chance.random() * scale
+            assert _round3(ms) == round(ms, 3), ms
+    assert _round3(0.0) == 0.0 and _round3(12.3456) == 12.346

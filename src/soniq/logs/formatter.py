@@ -20,7 +20,6 @@ import json.encoder
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from itertools import islice
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -33,10 +32,8 @@ _RENAMES = {"levelname": "level", "name": "logger", "exc_info": "exception"}
 # attributes of this Python's records (taskName since 3.12).
 _STANDARD = list(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _SKIP = frozenset(RESERVED_ATTRS) | frozenset(_STANDARD)
-# A record's own attributes come first, in the order LogRecord.__init__ sets them; ``extra``
-# fields and those filters add come after. Skipping the first ones unread saves looking each
-# up; a record whose start looks different (a custom record class) is read whole.
-_OWN, _LAST_OWN = len(_STANDARD), _STANDARD[-1]
+# Shapes of records remembered per formatter; past this (keys made up per call), start over.
+_MAX_SHAPES = 512
 _UTC = timezone.utc
 
 
@@ -58,6 +55,8 @@ class JsonFormatter(_PythonJsonFormatter):
         self._encode = _one_shot_encoder(self._encoder.default)
         # (whole second, its text): the date and time part changes once a second.
         self._second: tuple[int, str] = (-1, "")
+        # A record's keys -> those of them that are fields, in order.
+        self._fields_of: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         if not self._fast or isinstance(record.msg, dict):
@@ -75,14 +74,19 @@ class JsonFormatter(_PythonJsonFormatter):
         if record.stack_info:
             data["stack_info"] = self.formatStack(record.stack_info)
         values = record.__dict__
-        items = iter(values.items())
-        if len(values) > _OWN:
-            own = next(islice(items, _OWN - 1, _OWN))  # the last of a record's own
-            if own[0] != _LAST_OWN:
-                items = iter(values.items())
-        for key, value in items:
-            if key not in _SKIP and key[:1] != "_":
-                data[key] = value
+        # Which of a record's attributes are fields depends on its keys alone, and records
+        # come in few shapes (each event of the log layer, each ``extra=`` a call site passes):
+        # decided once per shape, then copied without a test per key.
+        shape = tuple(values)
+        fields = self._fields_of.get(shape)
+        if fields is None:
+            if len(self._fields_of) >= _MAX_SHAPES:
+                self._fields_of.clear()
+            fields = self._fields_of[shape] = tuple(
+                key for key in shape if key not in _SKIP and key[:1] != "_"
+            )
+        for key in fields:
+            data[key] = values[key]
         return self._encode(data)
 
     def _timestamp(self, created: float) -> str:
