@@ -101,3 +101,14 @@ def test_logged_times_show_the_digits_round_would() -> None:
             ms = chance.random() * scale
             assert _round3(ms) == round(ms, 3), ms
     assert _round3(0.0) == 0.0 and _round3(12.3456) == 12.346
+
+
+def test_no_process_when_logging_is_told_not_to_record_processes() -> None:
+    assert make_record(log, logging.INFO, "Job done").process is not None
+    logging.logProcesses = False
+    try:
+        record = make_record(log, logging.INFO, "Job done")
+    finally:
+        logging.logProcesses = True
+    assert record.process is None
+    assert make_record(log, logging.INFO, "Job done").process is not None

@@ -9,7 +9,8 @@ template; a new record is a copy of it with the time and the thread filled in. I
 ``logging.LogRecord``, with every standard attribute a formatter or filter may read, in the
 order ``LogRecord`` sets them.
 
-The template is remade in a forked child (its process id differs). When the application set
+A forked child starts with no templates (its process id differs, and asking for the id on every
+record would be a system call per line). When the application set
 its own record factory (``logging.setLogRecordFactory``), its factory makes every record, as
 ``Logger.makeRecord`` would.
 """
@@ -25,8 +26,9 @@ from typing import Any
 
 _LogRecord = logging.LogRecord
 _new = object.__new__
-# (logger name, level, message) -> (a record's attributes, the time logging started at).
-_templates: dict[tuple[str, int, str], tuple[dict[str, Any], float]] = {}
+# (logger name, level, message, logging's process switches) -> (a record's attributes, the
+# time logging started at).
+_templates: dict[tuple[str, int, str, bool, bool], tuple[dict[str, Any], float]] = {}
 
 
 def make_record(logger: logging.Logger, level: int, message: str) -> logging.LogRecord:
@@ -35,10 +37,11 @@ def make_record(logger: logging.Logger, level: int, message: str) -> logging.Log
     ``logger.handle`` (its filters, handlers and propagation apply as with ``logger.log``)."""
     if logging.getLogRecordFactory() is not _LogRecord:
         return logger.makeRecord(logger.name, level, __file__, 0, message, (), None, "__call__")
-    key = (logger.name, level, message)
+    # The process attributes follow logging's switches, as LogRecord's would.
+    key = (logger.name, level, message, logging.logProcesses, logging.logMultiprocessing)
     found = _templates.get(key)
-    if found is None or found[0]["process"] != _pid():
-        found = _templates[key] = _template(*key)
+    if found is None:
+        found = _templates[key] = _template(logger.name, level, message)
     template, started = found
     now = time.time()
     values = template.copy()
@@ -55,13 +58,17 @@ def make_record(logger: logging.Logger, level: int, message: str) -> logging.Log
     return record
 
 
-def _pid() -> int | None:
-    return os.getpid() if logging.logProcesses else None
-
-
 def _template(name: str, level: int, message: str) -> tuple[dict[str, Any], float]:
     record = _LogRecord(name, level, __file__, 0, message, (), None, "__call__")
     return dict(vars(record)), record.created - record.relativeCreated / 1000
+
+
+def _forget_templates() -> None:
+    _templates.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where there is no fork
+    os.register_at_fork(after_in_child=_forget_templates)
 
 
 def _task_name() -> str | None:
