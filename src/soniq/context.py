@@ -75,6 +75,10 @@ class AttemptContext:
     next_attempt_at: datetime | None = None
     state: dict[str, Any] = field(default_factory=dict)
     snoozes: int = 0
+    #: The attempt's span context (an ``opentelemetry.trace.SpanContext``), set by the tracing
+    #: layer that made the span; the log and metrics layers read its ids here rather than
+    #: looking the current span up again. None without tracing.
+    span_context: Any = None
     # Set when app.cancel_job asks this attempt's worker to stop the job.
     cancel_requested: bool = False
 

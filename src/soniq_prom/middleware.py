@@ -27,11 +27,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("soniq")
 
 
-def sampled_span() -> SpanContext | None:
-    """The current span's context, if it is sampled: an exemplar pointing at a trace that the
-    tracing backend actually keeps. Its ids are spelt out only when a scrape asks for them
-    (``families.exemplar_labels``), not on every attempt."""
-    context = trace.get_current_span().get_span_context()
+def sampled_span(ctx: AttemptContext | None = None) -> SpanContext | None:
+    """The attempt's span context (``ctx.span_context``, else the current span's), if it is
+    sampled: an exemplar pointing at a trace that the tracing backend actually keeps. Its ids
+    are spelt out only when a scrape asks for them (``families.exemplar_labels``), not on every
+    attempt."""
+    context = ctx.span_context if ctx is not None else None
+    if context is None:
+        context = trace.get_current_span().get_span_context()
     # The sampled bit of the W3C trace flags, read as an int (the property costs more).
     return context if context.trace_flags & 1 and context.is_valid else None
 
@@ -85,7 +88,7 @@ class PrometheusMetrics(ObservingLayer):
     # -- attempts ------------------------------------------------------------------------
     def begin(self, ctx: AttemptContext) -> tuple[Series, SpanContext | None, float]:
         series = self.series.get(ctx.queue, ctx.job_name)
-        exemplar = sampled_span() if self._exemplars else None
+        exemplar = sampled_span(ctx) if self._exemplars else None
         series.begin(ctx.queue_wait_s, exemplar)
         return series, exemplar, time.perf_counter()
 

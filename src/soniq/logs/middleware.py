@@ -16,7 +16,7 @@ from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import get_current_span
+from opentelemetry.trace import SpanContext, get_current_span
 
 from ..context import AttemptContext
 from ..control import Snooze
@@ -139,7 +139,7 @@ class LogMiddleware(ObservingLayer):
             done["max_attempts"] = ctx.max_attempts
             done["queue_wait_ms"] = _round3(ctx.queue_wait_s * 1000.0)
             done["worker_id"] = ctx.worker_id
-            span = get_current_span().get_span_context()
+            span = ctx.span_context if ctx.span_context is not None else _current_span()
             if span.is_valid:
                 done["trace_id"] = format(span.trace_id, "032x")
                 done["span_id"] = format(span.span_id, "016x")
@@ -200,11 +200,16 @@ def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
         "queue_wait_ms": _round3(ctx.queue_wait_s * 1000.0),
         "worker_id": ctx.worker_id,
     }
-    span = get_current_span().get_span_context()
+    span = ctx.span_context if ctx.span_context is not None else _current_span()
     if span.is_valid:
         fields["trace_id"] = format(span.trace_id, "032x")
         fields["span_id"] = format(span.span_id, "016x")
     return fields
+
+
+def _current_span() -> SpanContext:
+    # Without Soniq's tracing layer (ctx.span_context unset), another may have made one current.
+    return get_current_span().get_span_context()
 
 
 def _timing(ctx: AttemptContext) -> dict[str, Any]:
