@@ -13,6 +13,9 @@ from .jobs import Outcome
 if TYPE_CHECKING:
     from .registry import JobSpec
 
+# Read once: an enum member looked up on its class costs ~70 ns, every attempt.
+_DONE = Outcome.DONE
+
 
 @dataclass(frozen=True)
 class JobContext:
@@ -106,7 +109,7 @@ class AttemptContext:
         if isinstance(result, Snooze):
             self.settle_snooze(result)
             return
-        self.outcome = Outcome.DONE
+        self.outcome = _DONE
         self.error = None
         self.result = result
         self.retry_delay = None

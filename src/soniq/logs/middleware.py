@@ -35,6 +35,8 @@ JOB_DEAD_LETTER = "job.dead_letter"
 JOB_SNOOZED = "job.snoozed"
 JOB_CANCELLED = "job.cancelled"
 _CONTROL_EVENTS = {Outcome.SNOOZED: JOB_SNOOZED, Outcome.CANCELLED: JOB_CANCELLED}
+# Read once: an enum member looked up on its class costs ~70 ns, on every job.done line.
+_DONE = Outcome.DONE
 # The worker logs these two itself (soniq.worker), whether or not this layer is installed.
 WORKER_STARTED = "worker.started"
 WORKER_STOPPING = "worker.stopping"
@@ -125,8 +127,8 @@ class LogMiddleware(ObservingLayer):
             }
             log.error(MESSAGES[JOB_DEAD_LETTER], extra=dead)
         elif log.isEnabledFor(logging.INFO):
-            outcome = ctx.outcome or Outcome.DONE
-            event = JOB_DONE if outcome == Outcome.DONE else _CONTROL_EVENTS.get(outcome, JOB_DONE)
+            outcome = ctx.outcome or _DONE
+            event = JOB_DONE if outcome == _DONE else _CONTROL_EVENTS.get(outcome, JOB_DONE)
             # The fields go straight onto the record, in the order of the JSON line; the
             # tracing layer's span is still current here, so its ids are the attempt's.
             record = make_record(log, logging.INFO, MESSAGES[event])
@@ -140,9 +142,9 @@ class LogMiddleware(ObservingLayer):
             done["queue_wait_ms"] = _round3(ctx.queue_wait_s * 1000.0)
             done["worker_id"] = ctx.worker_id
             span = ctx.span_context if ctx.span_context is not None else _current_span()
-            if span.is_valid:
-                done["trace_id"] = format(span.trace_id, "032x")
-                done["span_id"] = format(span.span_id, "016x")
+            if span.is_valid:  # as W3C spells them; to_bytes().hex() is twice format()'s speed
+                done["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
+                done["span_id"] = span.span_id.to_bytes(8, "big").hex()
             if ctx.duration_ms is not None:
                 done["duration_ms"] = _round3(ctx.duration_ms)
             done["outcome"] = outcome
@@ -202,8 +204,8 @@ def _job_fields(ctx: AttemptContext) -> dict[str, Any]:
     }
     span = ctx.span_context if ctx.span_context is not None else _current_span()
     if span.is_valid:
-        fields["trace_id"] = format(span.trace_id, "032x")
-        fields["span_id"] = format(span.span_id, "016x")
+        fields["trace_id"] = span.trace_id.to_bytes(16, "big").hex()
+        fields["span_id"] = span.span_id.to_bytes(8, "big").hex()
     return fields
 
 
