@@ -3,7 +3,7 @@
 The instrumented drain's ratio to the plain one is bounded by the libraries, whatever Soniq's
 layers do: each attempt is one recorded OpenTelemetry SDK span (Soniq's attributes, through a
 ``BatchSpanProcessor``) and one JSON log record at INFO (``job.done``: stdlib ``logging`` to a
-file handler, its fields encoded by the stdlib ``json`` module's C encoder with the least a
+file handler, its fields encoded by orjson, as Soniq's formatter encodes them, with the least a
 JSON formatter must do). The bench's jobs are enqueued without tracing, as the drain's are, so
 the span has no parent and no link; ``enqueue_traced=True`` gives the span a traced enqueue's
 parent and link instead.
@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import gc
 import json
-import json.encoder
 import logging
 import os
 import statistics
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -54,28 +54,10 @@ from soniq import AttemptContext, CallNext, Middleware, MiddlewareChain, Soniq, 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message"}
 
 
-def _c_encoder() -> Callable[[dict[str, Any]], str]:
-    """The stdlib's C JSON encoder, made once. ``json.dumps`` makes a new one on every call,
-    which costs more than encoding a record's dozen fields; Soniq's formatter makes it once,
-    and the floor must not be slower than what Soniq really does, or it would flatter it."""
-    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-    encoder = make(
-        None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
-    )
-
-    def encode(data: dict[str, Any]) -> str:
-        return "".join(encoder(data, 0))
-
-    return encode
-
-
 class BareJsonFormatter(logging.Formatter):
     """The least a JSON log line needs: the record's level, logger, message, time and fields
-    in one object, through the stdlib's C encoder."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._encode = _c_encoder()
+    in one object, encoded by orjson, the encoder Soniq's own formatter uses (so the floor
+    counts the library's cost, not the choice of library)."""
 
     def format(self, record: logging.LogRecord) -> str:
         data = {
@@ -87,7 +69,7 @@ class BareJsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 data[key] = value
-        return self._encode(data)
+        return orjson.dumps(data).decode()
 
 
 def _per_call_us(call: Callable[[], object], calls: int) -> float:
