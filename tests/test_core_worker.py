@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
 import pytest
@@ -293,3 +294,38 @@ async def test_zero_delay_retry_runs_at_once(clean_db: str) -> None:
         await wait_status(app, job_id, "done", timeout=10)
     await app.close()
     assert starts[1] - starts[0] < 1.0
+
+
+async def test_a_wakeup_during_a_round_trip_is_not_lost(clean_db: str) -> None:
+    """A job enqueued after a claim's snapshot but whose NOTIFY is heard before the claim
+    returns: the worker must look again, not sleep until its poll (60 s here)."""
+    app = Soniq(clean_db, poll_interval=60)
+    ran = asyncio.Event()
+
+    @app.job()
+    async def later() -> None:
+        ran.set()
+
+    @app.job()
+    async def warm() -> None:
+        pass
+
+    async with running_worker(app) as worker:
+        # Past start-up's own wakes (LISTEN up, controls read): one job run, then idle.
+        await wait_status(app, await app.enqueue(warm), "done")
+        await wait_until(lambda: not worker._wake.is_set(), what="the worker to go idle")
+        original = worker._round_trip
+        enqueued: list[str] = []
+
+        async def round_trip(*args: Any, **kwargs: Any) -> Any:
+            claim = await original(*args, **kwargs)  # saw no job
+            if not enqueued:
+                enqueued.append(await app.enqueue(later, scheduled_at=0.3))
+                # The NOTIFY is heard while this round trip is still "in flight".
+                await wait_until(worker._wake.is_set, what="the enqueue's NOTIFY")
+            return claim
+
+        worker._round_trip = round_trip  # type: ignore[method-assign]
+        worker._wake.set()  # let the idle worker take one more round trip
+        await asyncio.wait_for(ran.wait(), 10)
+    await app.close()

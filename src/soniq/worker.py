@@ -216,7 +216,6 @@ class Worker(RunsAttempts, StopsGracefully):
         loop = asyncio.get_running_loop()
         while not self._stopping:
             self._refresh_chain()
-            self._wake.clear()
             if self._view.stale:
                 self._control.refresh_soon()
             self._fill_slots()
@@ -234,6 +233,10 @@ class Worker(RunsAttempts, StopsGracefully):
                     if not self._due_known:
                         await self._query_due()
                     await self._sleep(self._idle_timeout(loop.time()))
+                # Cleared once it has woken this wait, never at the top of the loop: a NOTIFY
+                # that lands during a round trip (a job enqueued after the claim's snapshot)
+                # must wake the next wait, or the worker sleeps until its poll.
+                self._wake.clear()
                 self._maybe_more = True  # woken by NOTIFY, the poll, a due job or a slot
                 continue
             finished, self._finished = self._finished, []
