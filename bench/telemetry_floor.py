@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import Token
 from datetime import datetime, timezone
 from typing import Any
 
@@ -114,9 +115,10 @@ _ROOT = otel_context.Context()
 
 
 class LibraryCalls:
-    """The library calls of one attempt of profile (a): :meth:`span` (one recorded SDK span
-    with Soniq's attributes, through a batch processor whose exporter only counts) and
-    :meth:`record` (one ``job.done`` JSON record through ``logging`` to a file)."""
+    """The library calls of one attempt of profile (a): :meth:`start` and :meth:`finish` (one
+    recorded SDK span with Soniq's attributes, through a batch processor whose exporter only
+    counts, current in between) and :meth:`record` (one ``job.done`` JSON record through
+    ``logging`` to a file)."""
 
     def __init__(self, calls: int, enqueue_traced: bool = False) -> None:
         self.provider = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
@@ -125,32 +127,34 @@ class LibraryCalls:
             BatchSpanProcessor(self.exporter, max_queue_size=calls + 4096)
         )
         tracer = self.provider.get_tracer("floor")
-
-        def span() -> None:
-            one = tracer.start_span(
-                "process bench.job",
-                context=_ROOT,
-                kind=SpanKind.CONSUMER,
-                attributes=SPAN_ATTRIBUTES,
-            )
-            one.set_attribute("soniq.job.outcome", "done")
-            one.end()
-
+        parent: otel_context.Context = _ROOT
+        links: list[Link] | None = None
         if enqueue_traced:
             with tracer.start_as_current_span("send job") as send:
                 creation = send.get_span_context()
             parent = trace.set_span_in_context(trace.NonRecordingSpan(creation))
+            links = [Link(creation, {"soniq.link.type": "enqueue"})]
 
-            def span() -> None:
-                one = tracer.start_span(
-                    "process bench.job",
-                    context=parent,
-                    kind=SpanKind.CONSUMER,
-                    attributes=SPAN_ATTRIBUTES,
-                    links=[Link(creation, {"soniq.link.type": "enqueue"})],
-                )
-                one.set_attribute("soniq.job.outcome", "done")
-                one.end()
+        def start() -> tuple[trace.Span, Token[otel_context.Context]]:
+            # The span is current while the job runs: the job code's own records and spans
+            # must see it (trace ids on every record), so (a) cannot skip these context calls.
+            one = tracer.start_span(
+                "process bench.job",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=SPAN_ATTRIBUTES,
+                links=links,
+            )
+            return one, otel_context.attach(trace.set_span_in_context(one, parent))
+
+        def finish(state: tuple[trace.Span, Token[otel_context.Context]]) -> None:
+            one, token = state
+            otel_context.detach(token)
+            one.set_attribute("soniq.job.outcome", "done")
+            one.end()
+
+        def span() -> None:
+            finish(start())
 
         self.log_path = os.path.join(tempfile.gettempdir(), f"soniq-floor-{os.getpid()}.log")
         self._handler = logging.FileHandler(self.log_path)
@@ -168,11 +172,14 @@ class LibraryCalls:
                 )
             )
 
-        self.span, self.record = span, record
+        self.start, self.finish, self.span, self.record = start, finish, span, record
 
     def both(self) -> None:
-        self.span()
+        """One attempt's calls in (a)'s order: the span started and made current, the record
+        written inside it, the span's context restored and the span ended."""
+        state = self.start()
         self.record()
+        self.finish(state)
 
     def close(self) -> None:
         self.provider.shutdown()
@@ -205,10 +212,11 @@ def libraries_cost_us(calls: int) -> float:
 
 
 class FloorLayer(Middleware):
-    """The floor inside a drain: the same two library calls per attempt, from one thin step
-    after the job (no context made current, no fields gathered: the least any instrumentation
-    could do). Like Soniq's tracing layer, it freezes the collector when the worker starts,
-    so the two drains differ by Soniq's code alone, not by the collector's state."""
+    """The floor inside a drain: the same library calls per attempt, from one thin step
+    around the job (the span started and made current before it; after it, the record, the
+    context restored, the span ended; no fields gathered: the least any instrumentation could
+    do). Like Soniq's tracing layer, it freezes the collector when the worker starts, so the
+    two drains differ by Soniq's code alone, not by the collector's state."""
 
     telemetry = True
     order = 10
@@ -217,12 +225,13 @@ class FloorLayer(Middleware):
         self.library = LibraryCalls(calls)
 
     def compose_step(self, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
-        span, record = self.library.span, self.library.record
+        start, finish, record = self.library.start, self.library.finish, self.library.record
 
         async def floor(ctx: AttemptContext) -> Any:
+            state = start()
             result = await call_next(ctx)
-            span()
             record()
+            finish(state)
             return result
 
         return floor
