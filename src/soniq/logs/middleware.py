@@ -129,8 +129,8 @@ class LogMiddleware(ObservingLayer):
         elif log.isEnabledFor(logging.INFO):
             outcome = ctx.outcome or _DONE
             event = JOB_DONE if outcome == _DONE else _CONTROL_EVENTS.get(outcome, JOB_DONE)
-            # The fields go straight onto the record, in the order of the JSON line; the
-            # tracing layer's span is still current here, so its ids are the attempt's.
+            # The fields go straight onto the record, in the order of the JSON line; the ids
+            # are the attempt span's (the tracing layer's, on the context, else the current).
             record = make_record(log, logging.INFO, MESSAGES[event])
             done = record.__dict__
             done["event"] = event
