@@ -420,3 +420,33 @@ async def test_asgi_app_serves_both_formats_and_refuses_other_methods(
 async def test_render_names_the_fix_when_metrics_are_not_installed(app: Soniq) -> None:
     with pytest.raises(LookupError, match=r"instrument\(prometheus=True\)"):
         render(app)
+
+
+def test_a_buckets_exemplar_is_replaced_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scrape shows one exemplar a bucket; replacing it on every sampled attempt only cost
+    work. Within EXEMPLAR_EVERY the first stays; after it, the next observation takes over."""
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    from soniq_prom import families
+    from soniq_prom.config import PrometheusConfig
+
+    def span(n: int) -> SpanContext:
+        return SpanContext(n, n, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+    series = families.LocalFamilies(PrometheusConfig()).series("default", "job")
+    series.begin(0.001, span(1))
+    series.end("done", 0.001, span(1))
+    series.begin(0.001, span(2))
+    series.end("done", 0.001, span(2))
+    held = [e for e in series.duration.exemplars + series.queue_wait.exemplars if e is not None]
+    assert [e[0].trace_id for e in held] == [1, 1]
+
+    monkeypatch.setattr(families, "EXEMPLAR_EVERY", 0.0)
+    series.begin(0.001, span(3))
+    series.end("done", 0.001, span(3))
+    held = [e for e in series.duration.exemplars + series.queue_wait.exemplars if e is not None]
+    assert [e[0].trace_id for e in held] == [3, 3]
+    # Every observation is counted, whichever exemplar a bucket holds.
+    assert sum(series.duration.counts) == sum(series.queue_wait.counts) == 3

@@ -113,6 +113,25 @@ class _Histogram:
         self.total = 0.0
 
 
+# A bucket's exemplar is replaced at most this often (seconds). A scrape shows one exemplar per
+# bucket, the latest, so replacing it on every sampled attempt (thousands a second) bought
+# nothing but the work; a bucket that sees few observations (the slow outliers exemplars are
+# for) still gets each one's.
+EXEMPLAR_EVERY = 1.0
+
+
+def _keep_exemplar(
+    exemplars: list[tuple[ExemplarSpan, float, float] | None],
+    index: int,
+    span: ExemplarSpan,
+    value: float,
+) -> None:
+    now = time.time()
+    held = exemplars[index]
+    if held is None or now - held[2] >= EXEMPLAR_EVERY:
+        exemplars[index] = (span, value, now)
+
+
 class LocalSeries:
     __slots__ = (
         "_bounds",
@@ -150,7 +169,7 @@ class LocalSeries:
             wait.counts[index] += 1
             wait.total += queue_wait_s
             if exemplar is not None:
-                wait.exemplars[index] = (exemplar, queue_wait_s, time.time())
+                _keep_exemplar(wait.exemplars, index, exemplar, queue_wait_s)
 
     def end(self, outcome: str | None, seconds: float, exemplar: ExemplarSpan | None) -> None:
         index = bisect_left(self._bounds, seconds)
@@ -163,7 +182,7 @@ class LocalSeries:
             duration.counts[index] += 1
             duration.total += seconds
             if exemplar is not None:
-                duration.exemplars[index] = (exemplar, seconds, time.time())
+                _keep_exemplar(duration.exemplars, index, exemplar, seconds)
 
     def enqueued(self, n: int) -> None:
         with self._lock:
