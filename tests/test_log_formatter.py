@@ -81,3 +81,14 @@ def test_options_take_python_json_loggers_path_and_stay_compact() -> None:
     data = json.loads(line)
     assert data["service"] == "billing" and data["job_id"] == "a" and data["level"] == "INFO"
     assert ": " not in line
+
+
+def test_the_timestamp_is_the_records_time_in_utc_to_the_microsecond() -> None:
+    import random
+
+    formatter = JsonFormatter()
+    chance = random.Random(5)
+    for _ in range(20_000):
+        created = 1_700_000_000 + chance.random() * 50_000_000
+        wanted = datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="microseconds")
+        assert formatter._timestamp(created) == wanted, created
