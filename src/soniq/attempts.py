@@ -126,7 +126,7 @@ class RunsAttempts:
                     FinishedAttempt(
                         ctx.job_id,
                         _DONE,
-                        result=self._encode_result(ctx, result),
+                        result=stored_result(ctx, result),
                         attempt=ctx.attempt,
                     )
                 )
@@ -152,18 +152,21 @@ class RunsAttempts:
         self._unreported.pop(finished.id, None)  # the finish record carries the start too
         self._finished.append(finished)
 
-    @staticmethod
-    def _encode_result(ctx: AttemptContext, result: Any) -> str | None:
-        if result is None:
-            return None
-        try:
-            return compact_json(result)
-        except Exception as exc:  # TypeError, ValueError, RecursionError (too deep) ...
-            logger.warning(
-                "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
-                "the job counts as done and its result is not kept",
-                ctx.job_name,
-                ctx.job_id,
-                exc,
-            )
-            return None
+
+def stored_result(ctx: AttemptContext, result: Any) -> str | None:
+    """A job's return value as the database keeps it (compact JSON), or None with a warning
+    when it is not JSON: the job still counts as done. The testing kit stores results this way
+    too, so a test sees what a worker would keep."""
+    if result is None:
+        return None
+    try:
+        return compact_json(result)
+    except Exception as exc:  # TypeError, ValueError, RecursionError (too deep) ...
+        logger.warning(
+            "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
+            "the job counts as done and its result is not kept",
+            ctx.job_name,
+            ctx.job_id,
+            exc,
+        )
+        return None

@@ -9,19 +9,17 @@ text the enqueue produced, as a worker decodes them from the row.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from .. import clock
+from ..attempts import stored_result
 from ..context import AttemptContext, current_attempt
 from ..executor import JobExecutor
 from ..middleware import PendingJob
-from ..registry import NOT_JSON, JobSpec, compact_json
+from ..registry import JobSpec
 from .outcomes import OUTCOME_NAMES, Outcome
-
-logger = logging.getLogger("soniq")
 
 #: The ``worker_id`` jobs see when the kit runs them.
 WORKER_ID = "soniq.testing"
@@ -160,16 +158,5 @@ def outcome_of(
 def _as_stored(ctx: AttemptContext, result: Any) -> Any:
     """The result as the database would keep it: through JSON, or dropped (with the worker's
     warning) when it is not JSON."""
-    if result is None:
-        return None
-    try:
-        return json.loads(compact_json(result))
-    except NOT_JSON as exc:
-        logger.warning(
-            "Job %s (%s) returned a value that cannot be stored as JSON (%s); "
-            "the job counts as done and its result is not kept",
-            ctx.job_name,
-            ctx.job_id,
-            exc,
-        )
-        return None
+    stored = stored_result(ctx, result)
+    return None if stored is None else json.loads(stored)
