@@ -98,7 +98,8 @@ class Telemetry:
     figure), Prometheus metrics, and JSON logs at INFO written to a file. ``full`` samples every
     trace; ``production`` samples parent-based at 10 % (the bench's jobs carry no parent, so a
     tenth of the attempts are recorded). ``floor`` is none of Soniq's layers, only the library
-    calls of ``full`` (a span and a JSON record per attempt: ``bench.telemetry_floor``)."""
+    calls of ``full`` (a span and a JSON record per attempt: ``bench.telemetry_floor``);
+    ``floor-production`` the same calls with ``production``'s sampler."""
 
     def __init__(self, profile: str = "full") -> None:
         self.profile = profile
@@ -109,22 +110,26 @@ class Telemetry:
 
     def install(self, app: Soniq) -> str | None:
         """Returns why it is not available, or None."""
-        if self.profile == "floor":
-            from bench.telemetry_floor import FloorLayer
+        if self.profile in ("floor", "floor-production"):
+            from bench.telemetry_floor import PRODUCTION_SAMPLER, FloorLayer
 
-            self.floor = FloorLayer(1_000_000)
+            if self.profile == "floor":
+                self.floor = FloorLayer(1_000_000)
+            else:
+                self.floor = FloorLayer(1_000_000, sampler=PRODUCTION_SAMPLER)
             app.middleware.add_builtin(self.floor)
             return None
         try:
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
             from bench.otel_overhead import CountingExporter
+            from bench.telemetry_floor import PRODUCTION_SAMPLER
             from soniq.logs import JsonFormatter
             from soniq_otel import OtelConfig
 
-            sampler = ALWAYS_ON if self.profile == "full" else ParentBased(TraceIdRatioBased(0.1))
+            sampler = ALWAYS_ON if self.profile == "full" else PRODUCTION_SAMPLER
             self.provider = TracerProvider(sampler=sampler)
             self.exporter = CountingExporter()
             self.provider.add_span_processor(

@@ -43,7 +43,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import AttributeValue
 
@@ -112,16 +112,22 @@ RECORD_FIELDS: dict[str, Any] = {
 }
 # A fresh root, as Soniq's tracing layer gives an attempt whose job carries no trace context.
 _ROOT = otel_context.Context()
+# Profile (b)'s sampler: the attempt's span is recorded for a tenth of the jobs; the others get
+# a non-recording span, still with ids for the records, still made current.
+PRODUCTION_SAMPLER: Sampler = ParentBased(TraceIdRatioBased(0.1))
 
 
 class LibraryCalls:
     """The library calls of one attempt of profile (a): :meth:`start` and :meth:`finish` (one
     recorded SDK span with Soniq's attributes, through a batch processor whose exporter only
     counts, current in between) and :meth:`record` (one ``job.done`` JSON record through
-    ``logging`` to a file)."""
+    ``logging`` to a file). With ``sampler=PRODUCTION_SAMPLER``, profile (b)'s: the same calls,
+    the span recorded for a tenth of the attempts."""
 
-    def __init__(self, calls: int, enqueue_traced: bool = False) -> None:
-        self.provider = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
+    def __init__(
+        self, calls: int, enqueue_traced: bool = False, sampler: Sampler = ALWAYS_ON
+    ) -> None:
+        self.provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
         self.exporter = CountingExporter()
         self.provider.add_span_processor(
             BatchSpanProcessor(self.exporter, max_queue_size=calls + 4096)
@@ -216,13 +222,15 @@ class FloorLayer(Middleware):
     around the job (the span started and made current before it; after it, the record, the
     context restored, the span ended; no fields gathered: the least any instrumentation could
     do). Like Soniq's tracing layer, it freezes the collector when the worker starts, so the
-    two drains differ by Soniq's code alone, not by the collector's state."""
+    two drains differ by Soniq's code alone, not by the collector's state. With
+    ``sampler=PRODUCTION_SAMPLER`` it is profile (b)'s floor: the most (b) could reach with any
+    instrumentation at all."""
 
     telemetry = True
     order = 10
 
-    def __init__(self, calls: int) -> None:
-        self.library = LibraryCalls(calls)
+    def __init__(self, calls: int, sampler: Sampler = ALWAYS_ON) -> None:
+        self.library = LibraryCalls(calls, sampler=sampler)
 
     def compose_step(self, call_next: CallNext, chain: MiddlewareChain) -> CallNext:
         start, finish, record = self.library.start, self.library.finish, self.library.record

@@ -29,10 +29,11 @@ async def main() -> None:
     )
     parser.add_argument(
         "--telemetry",
-        choices=["full", "production", "floor"],
+        choices=["full", "production", "floor", "floor-production"],
         help="Soniq: full = traces sampled at 100 %%, metrics, JSON logs; production = "
         "parent-based 10 %% trace sampling, metrics, JSON logs at default levels; floor = "
-        "only full's library calls (bench.telemetry_floor)",
+        "only full's library calls (bench.telemetry_floor); floor-production = only "
+        "production's",
     )
     parser.add_argument(
         "--limit", type=int, default=0, help="drain: stop after this many jobs (Soniq only)"
